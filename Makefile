@@ -1,0 +1,39 @@
+# libvirt-kafka-bridge — every target installs what it needs first (deploy/dev/bootstrap.sh is idempotent).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap demo test lint typecheck unit bench clean
+
+help:
+	@echo "make demo    - local broker + libvirtd (test driver) + the agent + a scripted workload"
+	@echo "make test    - ruff, mypy and the whole pytest suite against a real broker and libvirtd"
+	@echo "make bench   - throughput/latency benchmarks; prints a table, writes bench-results/*.json"
+	@echo "make lint | typecheck | unit | clean"
+
+bootstrap:
+	@bash deploy/dev/bootstrap.sh
+
+lint: bootstrap
+	$(VENV)/bin/ruff check bridge tests
+
+typecheck: bootstrap
+	$(VENV)/bin/mypy
+
+unit: bootstrap
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test: bootstrap
+	$(VENV)/bin/ruff check bridge tests
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+demo: bootstrap
+	$(PY) -m bridge.devenv.demo
+
+bench: bootstrap
+	$(PY) -m tests.bench.run_all
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache bench-results

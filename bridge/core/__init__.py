@@ -1,0 +1,1 @@
+"""Pure logic with no I/O: version clock, per-domain coalescing, ownership rules."""

@@ -1,0 +1,101 @@
+"""Typed encode/decode of DomainRecord and HostRecord in either wire format."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from bridge.errors import DecodeError
+from bridge.records import DomainRecord, HostRecord
+from bridge.serde import confluent_wire, single_object
+from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema
+
+T = TypeVar("T")
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class Decoded(Generic[T]):
+    """A decoded record, and whether its writer schema was unknown (newer) and read as a prefix."""
+
+    record: T
+    unknown_writer: bool = False
+
+
+class _TopicCodec:
+    """One record type: a serializer for the configured format, a reader of both formats."""
+
+    def __init__(self, name: str, schema: dict[str, Any], registry: Any | None, subject: str) -> None:
+        self._soe_read = single_object.SingleObjectDeserializer(schema)
+        self._write: Callable[[Mapping[str, Any]], bytes]
+        self._cf_read: confluent_wire.ConfluentDeserializer | None = None
+        if registry is None:
+            self._write = single_object.SingleObjectSerializer(schema)
+        else:
+            raw = (SCHEMA_DIR / f"{name}.avsc").read_text(encoding="utf-8")
+            self._write = confluent_wire.ConfluentSerializer(schema, raw, registry, subject)
+            self._cf_read = confluent_wire.ConfluentDeserializer(schema, registry)
+
+    def encode(self, value: Mapping[str, Any]) -> bytes:
+        return self._write(value)
+
+    def decode(self, data: bytes | None) -> tuple[dict[str, Any], bool]:
+        if not data:
+            raise DecodeError("empty value")
+        if data[:1] == confluent_wire.MAGIC:
+            if self._cf_read is None:
+                raise DecodeError("Confluent wire-format message, but no schema registry is configured")
+            return self._cf_read(data), False
+        return self._soe_read(data)
+
+
+class RecordCodec:
+    """Encodes and decodes the bridge's records.
+
+    ``registry`` is a SchemaRegistryClient (see :func:`bridge.serde.confluent_wire.registry_client`) or
+    None for single-object encoding. Subjects follow the TopicNameStrategy (``<topic>-value``).
+    """
+
+    def __init__(
+        self,
+        registry: Any | None = None,
+        domain_topic: str = "libvirt.domains",
+        hosts_topic: str = "libvirt.hosts",
+    ) -> None:
+        self._domain = _TopicCodec("domain_record", domain_schema(), registry, f"{domain_topic}-value")
+        self._host = _TopicCodec("host_record", host_schema(), registry, f"{hosts_topic}-value")
+
+    def encode_domain(self, record: DomainRecord) -> bytes:
+        return self._domain.encode(record.to_avro())
+
+    def encode_host(self, record: HostRecord) -> bytes:
+        return self._host.encode(record.to_avro())
+
+    def decode_domain(self, data: bytes | None, key: bytes | None = None) -> Decoded[DomainRecord]:
+        """Decode and validate a DomainRecord; raises DecodeError for anything else."""
+        value, unknown = self._domain.decode(data)
+        try:
+            record = DomainRecord.from_avro(value)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DecodeError(f"not a valid DomainRecord: {exc}") from exc
+        if not _UUID_RE.match(record.uuid):
+            raise DecodeError(f"DomainRecord uuid {record.uuid!r} is not a canonical lower-case UUID")
+        if key is not None and key != record.uuid.encode():
+            raise DecodeError(f"DomainRecord uuid {record.uuid} does not match its key {key!r}")
+        if record.version <= 0:
+            raise DecodeError(f"DomainRecord version {record.version} is not positive")
+        return Decoded(record, unknown)
+
+    def decode_host(self, data: bytes | None, key: bytes | None = None) -> Decoded[HostRecord]:
+        """Decode and validate a HostRecord; raises DecodeError for anything else."""
+        value, unknown = self._host.decode(data)
+        try:
+            record = HostRecord.from_avro(value)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DecodeError(f"not a valid HostRecord: {exc}") from exc
+        if key is not None and key != record.host.encode():
+            raise DecodeError(f"HostRecord host {record.host!r} does not match its key {key!r}")
+        return Decoded(record, unknown)
