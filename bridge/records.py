@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

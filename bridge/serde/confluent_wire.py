@@ -29,13 +29,13 @@ def registry_client(url: str, config: Mapping[str, str] | None = None) -> Any:
             "a schema registry URL is set but confluent-kafka's schema registry support is not installed "
             "(pip install 'libvirt-kafka-bridge[registry]')"
         ) from exc
-    return SchemaRegistryClient({"url": url, **(config or {})})
+    return SchemaRegistryClient.new_client({"url": url, **(config or {})})
 
 
 class ConfluentSerializer:
     """Registers ``schema`` under ``subject`` on first use and writes the Confluent wire format."""
 
-    def __init__(self, schema: Mapping[str, Any], raw_schema_json: str, client: Any, subject: str) -> None:
+    def __init__(self, schema: dict[str, Any], raw_schema_json: str, client: Any, subject: str) -> None:
         self._schema = schema
         self._raw = raw_schema_json
         self._client = client
@@ -46,7 +46,7 @@ class ConfluentSerializer:
         if self._header is None:
             from confluent_kafka.schema_registry import Schema  # noqa: PLC0415
 
-            schema_id = self._client.register_schema(self._subject, Schema(self._raw, "AVRO"))
+            schema_id = self._client.register_schema(self._subject, Schema(self._raw, schema_type="AVRO"))
             self._header = MAGIC + int(schema_id).to_bytes(4, "big")
         buf = io.BytesIO()
         buf.write(self._header)
@@ -57,7 +57,7 @@ class ConfluentSerializer:
 class ConfluentDeserializer:
     """Reads the Confluent wire format, fetching (and caching) writer schemas from the registry."""
 
-    def __init__(self, reader_schema: Mapping[str, Any], client: Any) -> None:
+    def __init__(self, reader_schema: dict[str, Any], client: Any) -> None:
         self._reader = reader_schema
         self._client = client
         self._writers: dict[int, Any] = {}

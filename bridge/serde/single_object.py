@@ -15,7 +15,7 @@ MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8
 
 
-def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
+def schema_fingerprint(schema: dict[str, Any]) -> bytes:
     """The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's parsing canonical form."""
     value = int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
     return value.to_bytes(8, "little")
@@ -24,7 +24,7 @@ def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
 class SingleObjectSerializer:
     """Encodes dicts of one schema as single-object messages."""
 
-    def __init__(self, schema: Mapping[str, Any]) -> None:
+    def __init__(self, schema: dict[str, Any]) -> None:
         self._schema = schema
         self._header = MAGIC + schema_fingerprint(schema)
 
@@ -46,8 +46,8 @@ class SingleObjectDeserializer:
 
     def __init__(
         self,
-        reader_schema: Mapping[str, Any],
-        writer_schemas: Iterable[Mapping[str, Any]] = (),
+        reader_schema: dict[str, Any],
+        writer_schemas: Iterable[dict[str, Any]] = (),
         tolerate_unknown_writers: bool = True,
     ) -> None:
         self._reader = reader_schema

@@ -78,3 +78,17 @@ def test_newer_writer_with_an_appended_field_is_read_as_a_prefix():
     decoded = RecordCodec().decode_domain(buf.getvalue())
     assert decoded.unknown_writer
     assert decoded.record == rec
+
+
+def test_confluent_wire_format_with_a_registry_and_readers_accept_both_formats():
+    from bridge.serde.confluent_wire import registry_client
+
+    registry = registry_client("mock://codec-test")
+    with_registry = RecordCodec(registry)
+    rec = DomainRecord(UUID, "n", "h", 9, RecordKind.RESYNC, AGENT, 1, state="SHUTOFF")
+    data = with_registry.encode_domain(rec)
+    assert data[0] == 0 and int.from_bytes(data[1:5], "big") >= 1
+    assert with_registry.decode_domain(data).record == rec
+    assert with_registry.decode_domain(RecordCodec().encode_domain(rec)).record == rec
+    with pytest.raises(DecodeError, match="no schema registry"):
+        RecordCodec().decode_domain(data)

@@ -1,0 +1,235 @@
+"""The agent: wires the libvirt edge, the pipeline and the Kafka edge, and owns their lifecycles.
+
+Start-up problems (bad settings, unreachable Kafka or libvirt, an unusable state directory) raise
+:class:`~bridge.errors.UserError` before anything runs. Once running, outages are retried forever
+with backoff and logged. :meth:`Agent.stop` is the clean shutdown SIGTERM triggers: stop taking
+events, publish what was received, announce ``STOPPING``, flush, all within a deadline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid as uuid_mod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+from bridge import __version__
+from bridge.agent.event_capture import EventCapture
+from bridge.agent.event_loop import LibvirtEventLoop
+from bridge.agent.libvirt_session import LibvirtSession
+from bridge.agent.pipeline import Pipeline, PipelineConfig
+from bridge.agent.publisher import Publisher
+from bridge.agent.snapshot import SnapshotReader
+from bridge.agent.state_store import StateStore
+from bridge.agent.topics import admin_client, check_reachable, ensure_compacted_topics
+from bridge.agent.work_queue import WorkQueue
+from bridge.cli.common import KafkaSettings
+from bridge.core.version_clock import Clock, wall_clock_micros
+from bridge.errors import UserError
+from bridge.records import AgentInfo, HostStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Everything the agent needs; see ``libvirt-kafka-bridge run --help``."""
+
+    host_id: str
+    state_dir: Path
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    libvirt_uri: str = "qemu:///system"
+    read_only: bool = True
+    resync_interval: float = 300.0
+    heartbeat_interval: float = 10.0
+    partitions: int = 12
+    replication_factor: int | None = None
+    """None: min(3, number of brokers)."""
+    shutdown_timeout: float = 10.0
+    max_events_per_domain: int = 1000
+    kafka_connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """A point-in-time view of the agent's progress (also written to ``status.json``)."""
+
+    records: int
+    events_received: int
+    events_published: int
+    events_not_owned: int
+    events_elided: int
+    deleted: int
+    resyncs_completed: int
+    domains_pending: int
+    domains_in_flight: int
+    oldest_waiting_s: float
+    libvirt_connected: bool
+    libvirt_reconnects: int
+    kafka_redeliveries: int
+    kafka_last_error: str | None
+
+
+class Agent:
+    """The per-host agent. ``start()``, then ``stop()`` (or use as a context manager)."""
+
+    def __init__(self, settings: AgentSettings, now: Clock = wall_clock_micros) -> None:
+        self.settings = settings
+        self._now = now
+        self.instance_id = uuid_mod.uuid4().hex
+        self._lock_file: IO[str] | None = None
+        self._store: StateStore | None = None
+        self._publisher: Publisher | None = None
+        self._loop: LibvirtEventLoop | None = None
+        self._session: LibvirtSession | None = None
+        self._pipeline: Pipeline | None = None
+        self._queue = WorkQueue(now, settings.max_events_per_domain)
+        self._agent_info: AgentInfo | None = None
+        self.final_status: AgentStatus | None = None
+
+    def start(self) -> None:
+        """Connect everything and start publishing; UserError for anything the user must fix."""
+        s = self.settings
+        try:
+            self._lock_state_dir()
+            self._store = StateStore(s.state_dir)
+            self._prepare_kafka()
+            codec = s.kafka.codec()
+            self._publisher = Publisher(s.kafka.client_config())
+            self._publisher.start()
+            self._loop = LibvirtEventLoop()
+            self._loop.start()
+            capture = EventCapture(self._queue.add_event, self._now)
+            self._session = LibvirtSession(s.libvirt_uri, capture, self._on_reconnected, read_only=s.read_only)
+            self._session.start()
+            self._agent_info = AgentInfo(self.instance_id, __version__, self._session.libvirt_version())
+            self._pipeline = Pipeline(
+                PipelineConfig(s.host_id, s.kafka.topic, s.kafka.hosts_topic, s.resync_interval,
+                               s.heartbeat_interval),
+                self._queue, self._session, SnapshotReader(self._session, self._now), self._store,
+                self._publisher, codec, self._current_agent_info, self._now,
+            )
+            self._pipeline.start()
+        except BaseException:
+            self._teardown()
+            raise
+        log.info("agent %s publishing host %s from %s to %s (topics %s, %s); %d event types registered",
+                 self.instance_id[:8], s.host_id, s.libvirt_uri, s.kafka.bootstrap_servers, s.kafka.topic,
+                 s.kafka.hosts_topic, len(capture.registered))
+
+    def stop(self) -> bool:
+        """Clean shutdown within ``shutdown_timeout``; True when nothing received was left unpublished."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        clean = True
+        if self._session is not None:
+            self._session.stop_events()
+        if self._pipeline is not None:
+            clean = self._pipeline.drain_and_stop(deadline)
+            self._pipeline.publish_host_status(HostStatus.STOPPING)
+        if self._publisher is not None:
+            left = self._publisher.flush(max(0.5, deadline - time.monotonic()))
+            clean = clean and left == 0
+            if left:
+                log.error("shutdown deadline passed with %d record(s) unacknowledged by Kafka; "
+                          "the next start's resync republishes current state", left)
+        self.final_status = self.status()
+        self._teardown()
+        return clean
+
+    def __enter__(self) -> Agent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def status(self) -> AgentStatus:
+        pending, in_flight, oldest, elided = self._queue.stats()
+        p = self._pipeline.stats if self._pipeline else None
+        pub = self._publisher
+        return AgentStatus(
+            records=p.records if p else 0,
+            events_received=self._queue.events_received,
+            events_published=p.events_published if p else 0,
+            events_not_owned=p.events_not_owned if p else 0,
+            events_elided=elided,
+            deleted=p.deleted if p else 0,
+            resyncs_completed=p.resyncs_completed if p else 0,
+            domains_pending=pending,
+            domains_in_flight=in_flight,
+            oldest_waiting_s=0.0 if oldest is None else max(0.0, (self._now() - oldest) / 1e6),
+            libvirt_connected=bool(self._session and self._session.connected),
+            libvirt_reconnects=self._session.reconnects if self._session else 0,
+            kafka_redeliveries=pub.redelivered if pub else 0,
+            kafka_last_error=pub.last_error if pub else None,
+        )
+
+    def write_status(self) -> AgentStatus:
+        """Log a progress line and write ``status.json`` in the state directory (atomically)."""
+        st = self.status()
+        log.info("status: %d records (%d events) published, %d domains pending, %d in flight, "
+                 "oldest waiting %.1fs%s", st.records, st.events_published, st.domains_pending,
+                 st.domains_in_flight, st.oldest_waiting_s,
+                 f", Kafka: {st.kafka_last_error}" if st.kafka_last_error else "")
+        path = self.settings.state_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**asdict(st), "instance_id": self.instance_id,
+                                   "written_at": self._now()}, indent=2))
+        os.replace(tmp, path)
+        return st
+
+    def _current_agent_info(self) -> AgentInfo:
+        assert self._agent_info is not None
+        return self._agent_info
+
+    def _on_reconnected(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.request_resync()
+
+    def _prepare_kafka(self) -> None:
+        k = self.settings.kafka
+        admin = admin_client(k.client_config())
+        brokers = check_reachable(admin, k.bootstrap_servers, self.settings.kafka_connect_timeout)
+        rf = self.settings.replication_factor or min(3, brokers)
+        ensure_compacted_topics(
+            admin, {k.topic: self.settings.partitions, k.hosts_topic: min(3, self.settings.partitions)}, rf,
+            timeout=max(10.0, self.settings.kafka_connect_timeout),
+        )
+
+    def _lock_state_dir(self) -> None:
+        d = self.settings.state_dir
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            f = (d / "agent.lock").open("w")
+        except OSError as exc:
+            raise UserError(f"--state-dir {d} is not usable: {exc.strerror}") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise UserError(f"--state-dir {d} is in use by another running agent") from None
+        self._lock_file = f
+
+    def _teardown(self) -> None:
+        for stop in (
+            self._pipeline.stop if self._pipeline else None,
+            self._session.stop if self._session else None,
+            self._loop.stop if self._loop else None,
+            self._publisher.stop if self._publisher else None,
+            self._store.close if self._store else None,
+        ):
+            if stop is not None:
+                try:
+                    stop()
+                except Exception:
+                    log.exception("error while stopping")
+        self._pipeline = self._session = self._loop = self._publisher = None
+        self._store = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None

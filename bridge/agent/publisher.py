@@ -1,0 +1,206 @@
+"""The Kafka producer edge: idempotent, ``acks=all``, compressed, Java-compatible partitioning.
+
+Owns the producer and the ``kafka-delivery`` thread that serves its delivery reports. A message
+sequence (a record, or a DELETED record and its tombstone) completes when every message in it is
+acknowledged; then its ``on_done`` runs, on the delivery thread. Nothing is ever dropped: librdkafka
+retries without a local timeout by default (``message.timeout.ms=0``), and a delivery that still
+fails is produced again, in order, after a backoff. Resending is safe: the copy carries the same
+version, which readers ignore as not newer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from bridge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "zstd",
+    "partitioner": "murmur2_random",
+    "linger.ms": 5,
+    "message.timeout.ms": 0,
+    "retry.backoff.max.ms": 5000,
+}
+
+# Settings the bridge's guarantees depend on; a pass-through that changes them is refused.
+_LOCKED = {"enable.idempotence": "true", "acks": {"all", "-1"}, "partitioner": "murmur2_random"}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message to produce."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+
+
+@dataclass
+class _Sequence:
+    messages: Sequence[Message]
+    on_done: Callable[[], None]
+    produced_at: float
+    acked: int = 0
+    failed: bool = False
+    attempts: int = 1
+    outstanding: int = 0
+
+
+@dataclass(order=True)
+class _Retry:
+    due: float
+    seq_no: int
+    sequence: _Sequence = field(compare=False)
+
+
+def producer_config(client_config: dict[str, str]) -> dict[str, Any]:
+    """The producer settings: the bridge's defaults, then the user's pass-through (checked)."""
+    for key, required in _LOCKED.items():
+        if key in client_config:
+            value = str(client_config[key]).lower()
+            ok = value in required if isinstance(required, set) else value == required
+            if not ok:
+                raise UserError(
+                    f"--kafka-config {key}={client_config[key]} is not allowed: the bridge's ordering and "
+                    f"no-loss guarantees need {key}={required if isinstance(required, str) else 'all'}"
+                )
+    return {**PRODUCER_DEFAULTS, **client_config}
+
+
+class Publisher:
+    """Owns the producer and the ``kafka-delivery`` thread."""
+
+    def __init__(self, client_config: dict[str, str], max_retry_backoff: float = 10.0) -> None:
+        self._config = producer_config(client_config)
+        self._config["error_cb"] = self._on_error
+        self._config["logger"] = logging.getLogger("librdkafka")
+        self._producer: Producer | None = None
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, _Sequence] = {}
+        self._retries: list[_Retry] = []
+        self._ids = itertools.count()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._max_backoff = max_retry_backoff
+        self._last_error: str | None = None
+        self.delivered = 0
+        self.redelivered = 0
+
+    def start(self) -> None:
+        try:
+            self._producer = Producer(self._config)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise UserError(f"bad Kafka producer setting: {exc}") from None
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="kafka-delivery", daemon=True)
+        self._thread.start()
+
+    def publish(self, messages: Sequence[Message], on_done: Callable[[], None]) -> None:
+        """Produce ``messages`` in order; ``on_done`` runs once all are acknowledged."""
+        seq = _Sequence(messages, on_done, time.monotonic())
+        seq_id = next(self._ids)
+        with self._lock:
+            self._in_flight[seq_id] = seq
+        self._produce(seq_id, seq)
+
+    def in_flight(self) -> int:
+        """Sequences produced and not yet acknowledged (retries included)."""
+        with self._lock:
+            return len(self._in_flight)
+
+    def oldest_in_flight_age(self) -> float:
+        """Seconds the oldest unacknowledged sequence has waited (0 when none)."""
+        with self._lock:
+            oldest = min((s.produced_at for s in self._in_flight.values()), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
+
+    @property
+    def last_error(self) -> str | None:
+        """The latest client-level error (e.g. all brokers down), cleared by the next delivery."""
+        return self._last_error
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for everything in flight; returns how many sequences remain."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight() and time.monotonic() < deadline:
+            assert self._producer is not None
+            self._producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+        return self.in_flight()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def _produce(self, seq_id: int, seq: _Sequence) -> None:
+        assert self._producer is not None
+        seq.acked = 0
+        seq.failed = False
+        seq.outstanding = len(seq.messages)
+        def report(err: KafkaError | None, _msg: object) -> None:
+            self._on_delivery(seq_id, err)
+
+        for msg in seq.messages:
+            while True:
+                try:
+                    self._producer.produce(msg.topic, key=msg.key, value=msg.value, on_delivery=report)
+                    break
+                except BufferError:
+                    # librdkafka's local queue is full: let deliveries drain it (bounded by domains).
+                    self._producer.poll(0.1)
+
+    def _on_delivery(self, seq_id: int, err: KafkaError | None) -> None:
+        with self._lock:
+            seq = self._in_flight.get(seq_id)
+        if seq is None:
+            return
+        seq.outstanding -= 1
+        if err is None:
+            seq.acked += 1
+        else:
+            seq.failed = True
+            log.warning("delivery failed (%s), will produce again: %s", "fatal" if err.fatal() else "retriable",
+                        err.str())
+        if seq.outstanding:
+            return
+        if not seq.failed:
+            with self._lock:
+                self._in_flight.pop(seq_id, None)
+            self.delivered += 1
+            self._last_error = None
+            seq.on_done()
+            return
+        backoff = min(self._max_backoff, 0.1 * 2 ** min(seq.attempts, 10))
+        seq.attempts += 1
+        heapq.heappush(self._retries, _Retry(time.monotonic() + backoff, seq_id, seq))
+
+    def _serve(self) -> None:
+        assert self._producer is not None
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+            now = time.monotonic()
+            while self._retries and self._retries[0].due <= now:
+                retry = heapq.heappop(self._retries)
+                self.redelivered += 1
+                self._produce(retry.seq_no, retry.sequence)
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._last_error = err.str()
+        if err.fatal():
+            log.error("Kafka producer fatal error: %s", err.str())
+        else:
+            log.warning("Kafka: %s", err.str())

@@ -1,0 +1,87 @@
+"""Reading what a domain looks like now: XML, state, reason, flags and name.
+
+The read happens after the events it reports were received (the seed's point 3). The XML is read
+with flags 0, never ``VIR_DOMAIN_XML_SECURE``, so graphics passwords are left out; on the default
+read-only connection libvirt would refuse the secure flag anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import libvirt
+
+from bridge.agent.libvirt_names import reason_name, state_name
+from bridge.agent.libvirt_session import ConnectionLost, LibvirtSession
+from bridge.core.version_clock import Clock
+
+# Errors meaning "this domain does not exist (any more)".
+_GONE = {libvirt.VIR_ERR_NO_DOMAIN}
+# Errors meaning "the connection is broken": the pipeline waits for the reconnect.
+_CONN_ERRORS = {
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+}
+
+
+@dataclass(frozen=True)
+class DomainSnapshot:
+    """One consistent-as-libvirt-allows read of a domain."""
+
+    uuid: str
+    name: str
+    state: str
+    reason: str
+    active: bool
+    persistent: bool
+    xml: str
+    observed_at: int
+
+
+class SnapshotReader:
+    """Reads snapshots through the session's current connection."""
+
+    def __init__(self, session: LibvirtSession, now: Clock) -> None:
+        self._session = session
+        self._now = now
+
+    def read(self, uuid: str) -> DomainSnapshot | None:
+        """The domain's snapshot, or None when libvirt says it does not exist.
+
+        Raises ConnectionLost when the connection broke, so the work can be retried after reconnect.
+        """
+        conn = self._session.connection()
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+            xml = dom.XMLDesc(0)
+            state, reason = dom.state()
+            active = bool(dom.isActive())
+            persistent = bool(dom.isPersistent())
+            name = dom.name()
+        except libvirt.libvirtError as exc:
+            code = exc.get_error_code()
+            if code in _GONE:
+                return None
+            if code in _CONN_ERRORS or not _alive(conn):
+                self._session.mark_lost()
+                raise ConnectionLost(str(exc)) from exc
+            raise
+        return DomainSnapshot(
+            uuid=uuid,
+            name=name,
+            state=state_name(state),
+            reason=reason_name(state, reason),
+            active=active,
+            persistent=persistent,
+            xml=xml,
+            observed_at=self._now(),
+        )
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False

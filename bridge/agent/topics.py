@@ -1,0 +1,77 @@
+"""Creating the compacted topics, and refusing topics that are not compacted."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from bridge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def admin_client(client_config: dict[str, str]) -> AdminClient:
+    """An admin client for the configured cluster."""
+    try:
+        return AdminClient(dict(client_config))
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise UserError(f"bad Kafka client setting: {exc}") from None
+
+
+def check_reachable(admin: AdminClient, bootstrap: str, timeout: float) -> int:
+    """The number of brokers, or UserError naming the unreachable bootstrap servers."""
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise UserError(
+            f"cannot reach Kafka at --bootstrap-servers {bootstrap} within {timeout:g}s: {exc.args[0].str()}"
+        ) from None
+    return len(meta.brokers)
+
+
+def ensure_compacted_topics(
+    admin: AdminClient,
+    topics: dict[str, int],
+    replication_factor: int,
+    extra_config: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create missing ``{topic: partitions}`` as compacted topics; refuse existing non-compacted ones."""
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        config = {"cleanup.policy": "compact", **(extra_config or {})}
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=topics[t], replication_factor=replication_factor, config=config)
+             for t in missing],
+            operation_timeout=timeout, request_timeout=timeout,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result(timeout)
+                log.info("created compacted topic %s (%d partitions, RF %d)", name, topics[name],
+                         replication_factor)
+            except KafkaException as exc:
+                if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another agent won the race
+                    raise UserError(f"cannot create topic {name}: {exc.args[0].str()}") from None
+    for name in topics:
+        policy = _cleanup_policy(admin, name, timeout)
+        if "compact" not in policy.split(","):
+            raise UserError(
+                f"topic {name} has cleanup.policy={policy}; the bridge needs a compacted topic "
+                f"(cleanup.policy=compact) so the log keeps every domain's latest record. "
+                f"Fix it with: kafka-configs --alter --entity-type topics --entity-name {name} "
+                f"--add-config cleanup.policy=compact"
+            )
+
+
+def _cleanup_policy(admin: AdminClient, topic: str, timeout: float) -> str:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    try:
+        result: Any = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+    except KafkaException as exc:
+        raise UserError(f"cannot read the configuration of topic {topic}: {exc.args[0].str()}") from None
+    return str(result["cleanup.policy"].value)

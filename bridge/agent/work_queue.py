@@ -1,0 +1,93 @@
+"""The thread-safe hand-over between libvirt callbacks, Kafka deliveries and the pipeline.
+
+Wraps the pure :class:`~bridge.core.coalescer.Coalescer` in one lock and a condition the pipeline
+waits on. Producers of work: the event callbacks (:meth:`WorkQueue.add_event`), resync requests, and
+delivery reports (:meth:`WorkQueue.done`), which also queue resync acknowledgements for the pipeline.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from bridge.core.coalescer import Batch, Coalescer
+from bridge.core.version_clock import Clock
+from bridge.records import DomainEvent
+
+
+class WorkQueue:
+    """Coalescer + lock + condition; safe to call from any thread."""
+
+    def __init__(self, now: Clock, max_events_per_domain: int = 1000) -> None:
+        self._now = now
+        self._coalescer = Coalescer(max_events_per_domain)
+        self._cond = threading.Condition()
+        self._acks: deque[tuple[str, str]] = deque()
+        self._wakeups = 0
+        self.events_received = 0
+
+    def add_event(self, uuid: str, name: str, event: DomainEvent) -> None:
+        """The event sink for :class:`~bridge.agent.event_capture.EventCapture`."""
+        with self._cond:
+            self._coalescer.add(uuid, event, name)
+            self.events_received += 1
+            self._cond.notify()
+
+    def request_resync(self, uuids: list[str], resync_id: str) -> None:
+        with self._cond:
+            now = self._now()
+            for uuid in uuids:
+                self._coalescer.request_resync(uuid, resync_id, now)
+            self._cond.notify()
+
+    def take(self, limit: int, timeout: float) -> list[Batch]:
+        """Up to ``limit`` ready batches, waiting up to ``timeout`` s for work or a :meth:`wake`."""
+        with self._cond:
+            if not self._coalescer.ready_count and not self._acks and not self._wakeups:
+                self._cond.wait(timeout)
+            self._wakeups = 0
+            return self._coalescer.take(limit)
+
+    def take_more(self, uuid: str) -> Batch | None:
+        with self._cond:
+            return self._coalescer.take_more(uuid)
+
+    def has_pending(self, uuid: str) -> bool:
+        with self._cond:
+            return self._coalescer.has_pending(uuid)
+
+    def requeue(self, batch: Batch) -> None:
+        with self._cond:
+            self._coalescer.requeue(batch)
+
+    def done(self, uuid: str, resync_id: str | None = None) -> None:
+        """The record for ``uuid`` is acknowledged (or was not needed); wakes the pipeline."""
+        with self._cond:
+            self._coalescer.done(uuid)
+            if resync_id is not None:
+                self._acks.append((uuid, resync_id))
+            self._cond.notify()
+
+    def drain_acks(self) -> list[tuple[str, str]]:
+        """Acknowledged ``(uuid, resync_id)`` pairs since the last call."""
+        with self._cond:
+            out = list(self._acks)
+            self._acks.clear()
+            return out
+
+    def wake(self) -> None:
+        """Make a waiting :meth:`take` return now (timers, resync requests, shutdown)."""
+        with self._cond:
+            self._wakeups += 1
+            self._cond.notify()
+
+    def stats(self) -> tuple[int, int, int | None, int]:
+        """(domains pending, domains in flight, oldest waiting µs timestamp, events elided)."""
+        with self._cond:
+            c = self._coalescer
+            return c.pending_count, c.in_flight_count, c.oldest_waiting(), c.elided_total
+
+    def idle(self) -> bool:
+        """Nothing pending, nothing in flight."""
+        with self._cond:
+            return not self._coalescer.pending_count and not self._coalescer.in_flight_count

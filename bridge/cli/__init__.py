@@ -1,0 +1,1 @@
+"""The ``libvirt-kafka-bridge`` command: one module per subcommand."""

@@ -1,0 +1,74 @@
+"""Entry point: ``libvirt-kafka-bridge <command>``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from bridge import __version__
+from bridge.cli import run, state, tail, watch
+from bridge.errors import UserError
+
+PROG = "libvirt-kafka-bridge"
+
+DESCRIPTION = """\
+Turns libvirt domain events into a versioned, compacted Kafka log, and reads it back.
+
+  run     the per-host agent: publish every domain event with a fresh snapshot and a version
+  tail    print the records on the topics as they are (decoded)
+  state   the fleet's current domains, rebuilt from the log alone
+  watch   the current domains, then every change as it happens
+
+Every setting is a flag, a BRIDGE_* environment variable, or a key in a TOML file (--config).
+"""
+
+EPILOG = """\
+examples:
+  libvirt-kafka-bridge run --bootstrap-servers kafka1:9092 --libvirt-uri qemu:///system
+  libvirt-kafka-bridge tail --from-beginning --uuid 8ff7047b-fb46-44ff-a4c6-7c20c73ab86e
+  libvirt-kafka-bridge state --output json --host hv01
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log verbosity (default: INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (run, tail, state, watch):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for user errors, 130 on Ctrl-C)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        status: int = args.execute(args)
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""``libvirt-kafka-bridge tail``: decode and print the records on the topics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, TextIO
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+
+from bridge.cli.common import KAFKA_OPTIONS, KafkaSettings
+from bridge.config import Option, add_options, parse_duration, parse_positive_int, resolve
+from bridge.errors import DecodeError, UserError
+from bridge.records import DomainRecord, HostRecord
+from bridge.serde import RecordCodec
+
+OPTIONS: tuple[Option, ...] = (
+    *KAFKA_OPTIONS,
+    Option("uuid", "only records of this domain UUID", metavar="UUID"),
+    Option("host", "only records published by this host", metavar="HOST_ID"),
+    Option("max_messages", "exit after printing this many records", None, parse_positive_int, metavar="N"),
+    Option("idle_timeout", "exit when nothing new arrived for this long", None, parse_duration,
+           metavar="DURATION"),
+)
+
+DESCRIPTION = """\
+Print the records on the domains and hosts topics, decoded. On a terminal each record is one
+readable line; otherwise (or with --output json) one JSON object per line, for jq and friends.
+Starts at the end of the topics (new records only) unless --from-beginning is given.
+"""
+
+
+def add_parser(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "tail", help="print decoded records as they arrive", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    parser.add_argument("--output", choices=["auto", "json", "text"], default="auto",
+                        help="json lines, or readable text (default: text on a terminal, else json)")
+    parser.add_argument("--no-xml", action="store_true", help="leave the domain XML out of the output")
+    add_options(parser, OPTIONS)
+    parser.set_defaults(execute=execute)
+
+
+def execute(args: argparse.Namespace) -> int:
+    values = resolve(args, OPTIONS)
+    kafka = KafkaSettings.from_values(values)
+    codec = kafka.codec()
+    as_json = args.output == "json" or (args.output == "auto" and not sys.stdout.isatty())
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    consumer = Consumer({**kafka.client_config(), "group.id": "libvirt-kafka-bridge-tail",
+                         "enable.auto.commit": False, "enable.partition.eof": False})
+    try:
+        _assign(consumer, [kafka.topic, kafka.hosts_topic], args.from_beginning)
+        return _loop(consumer, codec, kafka, values, as_json, args.no_xml, stop, sys.stdout)
+    finally:
+        consumer.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _assign(consumer: Consumer, topics: list[str], from_beginning: bool) -> None:
+    try:
+        meta = consumer.list_topics(timeout=10)
+    except KafkaException as exc:
+        raise UserError(f"cannot reach Kafka: {exc.args[0].str()}") from None
+    parts: list[TopicPartition] = []
+    for topic in topics:
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None:
+            raise UserError(f"topic {topic} does not exist (is an agent running against this cluster?)")
+        offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        parts.extend(TopicPartition(topic, p, offset) for p in tmeta.partitions)
+    consumer.assign(parts)
+
+
+def _loop(consumer: Consumer, codec: RecordCodec, kafka: KafkaSettings, values: dict[str, Any],
+          as_json: bool, no_xml: bool, stop: threading.Event, out: TextIO) -> int:
+    printed = 0
+    last_seen = time.monotonic()
+    while not stop.is_set():
+        msg = consumer.poll(0.2)
+        idle = values["idle_timeout"]
+        if msg is None:
+            if idle is not None and time.monotonic() - last_seen >= idle:
+                break
+            continue
+        last_seen = time.monotonic()
+        err = msg.error()
+        if err is not None:
+            print(f"# kafka: {err.str()}", file=sys.stderr)
+            continue
+        line = _render(msg, codec, kafka, values, as_json, no_xml)
+        if line is None:
+            continue
+        print(line, file=out, flush=True)
+        printed += 1
+        if values["max_messages"] is not None and printed >= values["max_messages"]:
+            break
+    return 0
+
+
+def _render(msg: Any, codec: RecordCodec, kafka: KafkaSettings, values: dict[str, Any], as_json: bool,
+            no_xml: bool) -> str | None:
+    key = msg.key()
+    where = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+    try:
+        if msg.value() is None:
+            if values["uuid"] and key != values["uuid"].encode():
+                return None
+            if values["host"]:
+                return None
+            obj: dict[str, Any] = {"tombstone": True, "key": key.decode(errors="replace") if key else None}
+        elif msg.topic() == kafka.topic:
+            rec: DomainRecord = codec.decode_domain(msg.value(), key).record
+            if (values["uuid"] and rec.uuid != values["uuid"]) or (values["host"] and rec.host != values["host"]):
+                return None
+            obj = asdict(rec)
+            obj["kind"] = rec.kind.value
+            if no_xml:
+                obj.pop("xml")
+        else:
+            host: HostRecord = codec.decode_host(msg.value(), key).record
+            if values["uuid"] or (values["host"] and host.host != values["host"]):
+                return None
+            obj = asdict(host)
+            obj["status"] = host.status.value
+    except DecodeError as exc:
+        obj = {"undecodable": str(exc)}
+    obj = {**where, **obj}
+    return json.dumps(obj, default=str) if as_json else _text_line(obj)
+
+
+def _text_line(obj: dict[str, Any]) -> str:
+    pos = f"{obj['topic']}/{obj['partition']}@{obj['offset']}"
+    if "undecodable" in obj:
+        return f"{pos}  UNDECODABLE  {obj['undecodable']}"
+    if obj.get("tombstone"):
+        return f"{pos}  TOMBSTONE  {obj['key']}"
+    if "uuid" in obj:
+        events = " ".join(_event_label(e) for e in obj["events"]) or "-"
+        elided = f" (+{obj['events_elided']} elided)" if obj["events_elided"] else ""
+        state = f"{obj['state']}/{obj['reason']}" if obj["state"] else "-"
+        return (f"{pos}  {obj['kind']:<7} {obj['name']:<20} {obj['uuid']} v{obj['version']} "
+                f"host={obj['host']} {state} events=[{events}]{elided}")
+    when = datetime.fromtimestamp(obj["heartbeat_at"] / 1e6, UTC).strftime("%H:%M:%S")
+    return (f"{pos}  HOST    {obj['host']} {obj['status']} heartbeat={when} "
+            f"inventory={len(obj['domains'])} listed_at={obj['listed_at']}")
+
+
+def _event_label(e: dict[str, Any]) -> str:
+    if e["type"]:
+        return f"{e['type']}/{e['detail']}"
+    return str(e["id"])

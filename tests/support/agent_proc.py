@@ -1,0 +1,100 @@
+"""The agent as a real subprocess (``python -m bridge run``), started and stopped by a test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.topics import host_records
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll ``cond`` until true or raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if cond():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)  # polling interval inside a deadline loop, not a bare wait
+
+
+class AgentProcess:
+    """``libvirt-kafka-bridge run`` in a subprocess with its own state dir and log file."""
+
+    def __init__(self, workdir: Path, libvirt_uri: str, bootstrap: str, topic: str, hosts_topic: str,
+                 host_id: str = "host1", extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 state_dir: Path | None = None) -> None:
+        self.workdir = workdir
+        self.state_dir = state_dir or workdir / f"state-{host_id}"
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.hosts_topic = hosts_topic
+        self.host_id = host_id
+        self.args = [
+            sys.executable, "-m", "bridge", "--log-level", "DEBUG", "run",
+            "--libvirt-uri", libvirt_uri, "--bootstrap-servers", bootstrap, "--topic", topic,
+            "--hosts-topic", hosts_topic, "--host-id", host_id, "--state-dir", str(self.state_dir),
+            "--heartbeat-interval", "1s", "--partitions", "3", "--status-interval", "2s",
+            *(extra or []),
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"agent-{host_id}.log"
+        self._starts = 0
+
+    def start(self, wait_resync: bool = True, timeout: float = 60.0) -> AgentProcess:
+        self._starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n==== start #{self._starts} ====\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        log.close()
+        if wait_resync:
+            self.wait_resyncs(self._resyncs_before() + 1, timeout)
+        return self
+
+    def _resyncs_before(self) -> int:
+        return self.log_text().count(" complete: ")
+
+    def wait_resyncs(self, n: int, timeout: float = 60.0) -> None:
+        """Wait until the log shows ``n`` completed resyncs in total."""
+        def done() -> bool:
+            self.check_alive()
+            return self.log_text().count(" complete: ") >= n
+        wait_for(done, timeout, f"{n} completed resync(s) of agent {self.host_id}")
+
+    def wait_host_record(self, timeout: float = 60.0) -> None:
+        wait_for(lambda: any(h.host == self.host_id and h.resync_id for h in
+                             host_records(self.bootstrap, self.hosts_topic)),
+                 timeout, "a HostRecord with an inventory")
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.tail()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL if still running (also the teardown safety net)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
