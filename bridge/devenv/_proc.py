@@ -1,0 +1,83 @@
+"""Process helpers shared by the dev-environment services."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# The directory that holds pyproject.toml: bridge/devenv/_proc.py -> parents[2].
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Children get SIGTERM when the Python thread that started them dies, so a test run killed with
+# SIGKILL does not leave brokers or daemons behind. Survives exec (no set-uid binaries in the chain).
+PDEATHSIG = ("setpriv", "--pdeathsig", "TERM", "--")
+
+
+class DevEnvError(RuntimeError):
+    """A dev-environment service could not be set up, started or stopped."""
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """Return the last ``lines`` lines of ``path`` (empty if it does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    check: Callable[[], None] | None = None,
+    interval: float = 0.1,
+) -> float:
+    """Poll ``ready`` until it returns True; return the seconds it took.
+
+    ``check`` runs before each poll and raises to abort early (e.g. the process died).
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        if check is not None:
+            check()
+        if ready():
+            return time.monotonic() - start
+        if time.monotonic() >= deadline:
+            raise DevEnvError(f"{what}: not ready after {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            # The state letter follows the parenthesised command name, which may contain spaces.
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def kill_pid(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``pid``, ignoring a process that is already gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM ``proc``, wait up to ``timeout`` s, then SIGKILL it; always reaps it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Sets up the dev/test bed on a Debian 12 machine, as root: apt packages, the libvirt-qemu user,
+# the .venv with the project installed editable, and the Kafka broker jars in .cache/kafka-libs.
+# Idempotent: each step checks (or stamps) what it already did, so a second run takes a second or so.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE="$REPO/.cache"
+VENV="$REPO/.venv"
+KAFKA_POM="$REPO/deploy/dev/kafka/pom.xml"
+KAFKA_LIBS="${BRIDGE_KAFKA_LIBS:-$CACHE/kafka-libs}"
+PYTHON="${PYTHON:-python3}"
+
+APT_PACKAGES=(
+    gcc pkg-config libvirt-dev python3-dev python3-venv
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 tini
+    iproute2 maven openjdk-17-jre-headless
+)
+
+log() { echo "bootstrap: $*"; }
+die() { echo "bootstrap: ERROR: $*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root (installs apt packages and runs libvirtd)"
+mkdir -p "$CACHE"
+# Two concurrent runs (e.g. parallel make targets) would race on apt, pip and maven.
+exec 9>"$CACHE/bootstrap.lock"
+flock 9
+
+apt_packages() {
+    local missing=() pkg
+    # One dpkg-query for all packages; ones never seen by dpkg print nothing and count as missing.
+    local installed
+    installed=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${APT_PACKAGES[@]}" 2>/dev/null || true)
+    for pkg in "${APT_PACKAGES[@]}"; do
+        grep -qx "$pkg installed" <<<"$installed" || missing+=("$pkg")
+    done
+    if ((${#missing[@]} == 0)); then
+        log "apt packages ok"
+        return
+    fi
+    log "installing apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Only reached on a machine that lacks something, where the package lists may be stale or absent.
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    log "apt packages ok"
+}
+
+libvirt_qemu_user() {
+    # libvirtd's QEMU driver looks up its build-time user before reading qemu.conf and exits if it
+    # is missing, even though our qemu.conf runs QEMU as root.
+    if ! id -u libvirt-qemu >/dev/null 2>&1; then
+        useradd -r -U -M -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+        log "created user libvirt-qemu"
+    fi
+    log "libvirt-qemu user ok"
+}
+
+python_venv() {
+    [[ -f "$REPO/pyproject.toml" ]] || die "no pyproject.toml in $REPO"
+    local stamp="$VENV/.bootstrap-pyproject.sha256" want
+    want=$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)
+    # A venv whose interpreter went away (pyenv upgrade, moved repo) is rebuilt from scratch.
+    if [[ -x "$VENV/bin/python" ]] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
+        log "venv broken, recreating"
+        rm -rf "$VENV"
+    fi
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        log "creating venv with $("$PYTHON" --version 2>&1)"
+        "$PYTHON" -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    fi
+    if [[ -f "$stamp" && $(cat "$stamp") == "$want" ]]; then
+        log "venv ok"
+        return
+    fi
+    log "installing project into venv (pip install -e '.[test]')"
+    # pip's output (build-backend warnings included) goes to a log shown only on failure.
+    if ! (cd "$REPO" && "$VENV/bin/python" -m pip install -e '.[test]') >"$CACHE/pip.log" 2>&1; then
+        tail -n 40 "$CACHE/pip.log" >&2
+        die "pip install failed (full log: $CACHE/pip.log)"
+    fi
+    echo "$want" >"$stamp"
+    log "venv ok"
+}
+
+kafka_jars() {
+    local stamp="$KAFKA_LIBS/.pom.sha256" want
+    want=$(sha256sum "$KAFKA_POM" | cut -d' ' -f1)
+    if [[ -f "$stamp" && $(cat "$stamp") == "$want" ]] && compgen -G "$KAFKA_LIBS/kafka_2.13-*.jar" >/dev/null; then
+        log "kafka jars ok"
+        return
+    fi
+    log "resolving kafka jars with maven into $KAFKA_LIBS"
+    # Old jars (and the class-data archive built from them) must not mix with the new set.
+    rm -rf "$KAFKA_LIBS" "$KAFKA_LIBS.jsa"
+    # Maven's output (even with -q it prints colour escapes) goes to a log shown only on failure.
+    if ! mvn -B -Dstyle.color=never -f "$KAFKA_POM" -Dkafka.libs.dir="$KAFKA_LIBS" >"$CACHE/mvn.log" 2>&1; then
+        tail -n 40 "$CACHE/mvn.log" >&2
+        die "maven could not resolve the kafka jars (full log: $CACHE/mvn.log)"
+    fi
+    compgen -G "$KAFKA_LIBS/kafka_2.13-*.jar" >/dev/null || die "maven ran but no kafka_2.13 jar in $KAFKA_LIBS"
+    echo "$want" >"$stamp"
+    log "kafka jars ok ($(du -sh "$KAFKA_LIBS" | cut -f1))"
+}
+
+apt_packages
+libvirt_qemu_user
+python_venv
+kafka_jars
+log "done"
