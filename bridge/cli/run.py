@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 from bridge.agent.agent import Agent, AgentSettings
+from bridge.agent.publisher import producer_config
 from bridge.cli.common import KAFKA_OPTIONS, KafkaSettings
 from bridge.config import Option, add_options, parse_bool, parse_duration, parse_positive_int, resolve
 from bridge.errors import UserError
@@ -73,6 +74,7 @@ def settings_from(values: dict[str, Any]) -> AgentSettings:
     kafka = KafkaSettings.from_values(values)
     if not kafka.bootstrap_servers.strip():
         raise UserError("--bootstrap-servers must not be empty")
+    producer_config(kafka.client_config())  # refuse pass-through that breaks the guarantees, before any I/O
     if kafka.topic == kafka.hosts_topic:
         raise UserError(f"--topic and --hosts-topic must differ (both are {kafka.topic!r})")
     return AgentSettings(

@@ -9,7 +9,7 @@ def unique_name(prefix: str = "vm") -> str:
     return f"{prefix}-{uuid_mod.uuid4().hex[:10]}"
 
 
-def test_driver_xml(name: str, uuid: str | None = None, vnc_password: str | None = None) -> str:
+def xml_for_test_driver(name: str, uuid: str | None = None, vnc_password: str | None = None) -> str:
     """A domain for the libvirt test driver."""
     graphics = f"<graphics type='vnc' port='-1' passwd='{vnc_password}'/>" if vnc_password else ""
     return f"""<domain type='test'>
@@ -39,3 +39,21 @@ def qemu_xml(name: str, serial_log: str, uuid: str | None = None, vnc_password: 
     {graphics}
   </devices>
 </domain>"""
+
+
+def remove_domains(conn, prefix: str) -> None:
+    """Destroy and undefine every domain whose name starts with ``prefix`` (persistence read first:
+    destroying a transient domain removes it)."""
+    import libvirt
+
+    for dom in conn.listAllDomains(0):
+        if not dom.name().startswith(prefix):
+            continue
+        try:
+            persistent = dom.isPersistent()
+            if dom.isActive():
+                dom.destroy()
+            if persistent:
+                dom.undefine()
+        except libvirt.libvirtError:
+            continue  # gone meanwhile
