@@ -94,6 +94,8 @@ class Pipeline:
         self.ownership = Ownership(store.ownership_roles())
         self._roles_generation = self.ownership.generation
         self._tracker: ResyncTracker | None = None
+        self._host_in_flight = threading.Event()
+        self._published_resync_id: str | None = None
         self._inventory: HostRecord | None = None
         self._resync_requested = threading.Event()
         self._stop = threading.Event()
@@ -334,7 +336,7 @@ class Pipeline:
             self._session.mark_lost()
             self._resync_requested.set()
             return
-        self.ownership.forget_absent(listed)
+        self.ownership.forget_absent(listed, listed_at=self._now())
         self._save_ownership_roles()
         resync_id = uuid_mod.uuid4().hex
         self._tracker = ResyncTracker(resync_id, listed_at, owned)
@@ -369,7 +371,12 @@ class Pipeline:
         self._publish_host(HostStatus.UP)
 
     def _publish_host(self, status: HostStatus) -> None:
+        # One heartbeat in flight at most: during a Kafka outage they must not pile up in the
+        # producer's queue (memory stays bounded by the number of domains, not the outage's length).
         base = self._inventory
+        current = base.resync_id if base else None
+        if self._host_in_flight.is_set() and status is HostStatus.UP and current == self._published_resync_id:
+            return
         record = HostRecord(
             host=self._cfg.host, agent=self._agent_info(), heartbeat_at=self._now(), status=status,
             resync_id=base.resync_id if base else None, listed_at=base.listed_at if base else None,
@@ -377,7 +384,9 @@ class Pipeline:
             heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000),
         )
         msg = Message(self._cfg.hosts_topic, self._cfg.host.encode(), self._codec.encode_host(record))
-        self._publisher.publish([msg], lambda: None)
+        self._host_in_flight.set()
+        self._published_resync_id = current
+        self._publisher.publish([msg], self._host_in_flight.clear)
 
     def _save_ownership_roles(self) -> None:
         if self.ownership.generation != self._roles_generation:

@@ -1,0 +1,292 @@
+"""Which host may publish for a domain UUID: the fleet ownership rules of DESIGN.md, as pure logic.
+
+One :class:`Ownership` per agent, fed from the single pipeline thread: every event in arrival order
+(:meth:`Ownership.on_event`), every domain of a full listing (:meth:`Ownership.on_listed`) followed by
+:meth:`Ownership.forget_absent`. It answers PUBLISH or DROP_*; the caller counts and logs drops.
+
+A UUID this host knows nothing about is owned: a plain local domain. Only migration moves ownership,
+and only these roles are stored (everything else is owned):
+
+- ``HANDED_OFF`` -- a source after the switch-over, or a host keeping a copy of a domain that runs
+  elsewhere. Silent: no records, no DELETED, no tombstone, whatever happens to the copy.
+- ``INCOMING`` -- a destination before its claim. Silent.
+- ``POSTCOPY_IN`` -- a destination that claimed with ``RESUMED/POSTCOPY`` while pages still come from
+  the source. Publishes, but yields (goes silent) if the post-copy phase fails.
+
+Events (lifecycle ``TYPE/DETAIL``; anything not listed keeps the role):
+
+- ``SUSPENDED/MIGRATED``, ``SUSPENDED/POSTCOPY``, ``STOPPED/MIGRATED``: hand-off, inclusive (the event
+  itself is dropped). ``STOPPED/MIGRATED`` only ever happens on a source that already switched over,
+  so it hands off too: that covers an agent that missed the switch-over.
+- ``STARTED/MIGRATED``: incoming. ``RESUMED/MIGRATED``: the destination's claim, or a source taking
+  back a migration that failed after the switch-over; published either way. ``RESUMED/POSTCOPY``:
+  the destination's post-copy claim, published.
+- ``SUSPENDED/POSTCOPY_FAILED`` on a handed-off (or owned) UUID: the source takes the domain back,
+  published. The same event on a post-copy destination (libvirt emits it there when the domain was
+  already paused), and ``RESUMED/POSTCOPY_FAILED`` anywhere, mean a destination whose post-copy
+  failed: it yields to the source and becomes ``INCOMING``.
+- ``STOPPED/*`` (not MIGRATED) while ``INCOMING``/``POSTCOPY_IN``: a failed incoming migration, dropped.
+  The UUID becomes ``HANDED_OFF`` rather than forgotten: if a definition lingers (PERSIST_DEST, or an
+  older copy of ours), an admin's later undefine must not tombstone the real owner's key.
+  :meth:`Ownership.forget_absent` drops it once a listing shows no copy.
+- ``STARTED/*`` (not MIGRATED): the domain starts here, so this host owns it again, published.
+
+Restart and resync (:meth:`Ownership.on_listed`). The listed state and reason decide, because they
+are read after every event already fed; an agent that restarts mid-migration, or missed events while
+disconnected, has only the listing and the remembered roles. Silence is preferred when in doubt:
+the real owner publishes, and a stale host's word would win a compacted key. Per listed (state, reason):
+
+- ``PAUSED/MIGRATION``: ambiguous. libvirt gives this reason both to an incoming domain on the
+  destination (started paused for ``-incoming``) and to the source after the switch-over (and to an
+  offline migration's source). Silent, as ``HANDED_OFF`` unless already ``INCOMING``. Every
+  continuation then resolves right on either side: ``RESUMED/MIGRATED`` claims (destination done, or
+  source resumed after failure), ``RESUMED/POSTCOPY`` claims, ``STOPPED/MIGRATED`` and
+  ``STOPPED/FAILED`` keep it silent.
+- ``PAUSED/POSTCOPY`` (source in post-copy), ``SHUTOFF/MIGRATED`` (copy left behind): ``HANDED_OFF``.
+- ``RUNNING/POSTCOPY_FAILED`` (destination of a failed post-copy): silent, ``INCOMING``.
+- ``RUNNING/POSTCOPY``: ``POSTCOPY_IN``, owned. ``RUNNING/MIGRATED`` (incoming completed),
+  ``RUNNING/MIGRATION_CANCELED`` (source resumed after a failed migration), ``PAUSED/POSTCOPY_FAILED``
+  (source of a failed post-copy): owned.
+- Any other active domain: owned if it was owned or ``HANDED_OFF`` (our copy was started while we were
+  not listening, as a missed ``STARTED`` would have said); an ``INCOMING`` one stays silent (a paused
+  destination of a failed post-copy keeps its old pause reason).
+- Any other inactive domain: owned only if it was owned; any remembered role becomes ``HANDED_OFF``.
+
+Known limit: an agent down for the whole life of a failed incoming migration whose definition lingers
+(PERSIST_DEST) has no memory of it and sees a plain shut-off domain, which it owns.
+
+Stale events. libvirt can deliver an event after a listing that was read later than the event was
+emitted (libvirtd queues events; a reply can overtake them). After a full listing, an event for a UUID
+the listing did not show and no event has named since, other than ``DEFINED``/``STARTED``/``RESUMED``
+(the ways a new domain first shows up), predates the listing: it is dropped as ``DROP_STALE``. The
+listing already said the domain is gone, and the resync inventory repairs its key. Without this rule
+a late ``STOPPED/FAILED`` of a failed incoming migration, or a source's late ``JOB_COMPLETED``, would
+turn into a DELETED record and a tombstone for a domain another host owns. Until the first full
+listing no event is stale. From the second listing on, the agent passes the listing's time, and an
+event received *before* it for a UUID known before it is not stale: it was queued behind a record in
+flight while the domain vanished (a transient domain's ``STOPPED``), and this host still owns it, so
+it must still be published. Only the first listing of an agent's life, with no memory behind it,
+judges such events stale.
+
+Memory. :meth:`Ownership.remembered` is the role of every non-owned UUID; the agent persists it in its
+state directory whenever :attr:`Ownership.generation` changes and passes it back at construction.
+A role is dropped when the domain becomes owned, or when a full listing lacks the UUID: no copy is left
+on this host, so nothing to stay silent about, and late events for it are stale. Roles and the set of
+known UUIDs are both bounded by the domains present at the last listing plus those named by events
+since.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Mapping
+
+from bridge.records import DomainEvent
+
+
+class Verdict(enum.Enum):
+    """What to do with one event."""
+
+    PUBLISH = "PUBLISH"
+    DROP_HANDED_OFF = "DROP_HANDED_OFF"
+    """This host handed the domain off, or keeps a copy of a domain owned elsewhere."""
+    DROP_INCOMING = "DROP_INCOMING"
+    """This host is (or was, for a failed migration) a destination that has not claimed the domain."""
+    DROP_STALE = "DROP_STALE"
+    """An event older than the last listing, for a domain that listing did not show."""
+
+
+class Role(enum.StrEnum):
+    """A non-owned (or provisionally owned) UUID's role on this host. Values are persisted."""
+
+    HANDED_OFF = "handed_off"
+    INCOMING = "incoming"
+    POSTCOPY_IN = "postcopy_in"
+
+
+class _Kind(enum.Enum):
+    HAND_OFF = enum.auto()
+    INCOMING_START = enum.auto()
+    CLAIM = enum.auto()
+    CLAIM_POSTCOPY = enum.auto()
+    SUSPENDED_POSTCOPY_FAILED = enum.auto()
+    RESUMED_POSTCOPY_FAILED = enum.auto()
+    LOCAL_START = enum.auto()
+    STOP = enum.auto()
+    OTHER = enum.auto()
+
+
+_LIFECYCLE_KINDS = {
+    ("SUSPENDED", "MIGRATED"): _Kind.HAND_OFF,
+    ("SUSPENDED", "POSTCOPY"): _Kind.HAND_OFF,
+    ("STOPPED", "MIGRATED"): _Kind.HAND_OFF,
+    ("STARTED", "MIGRATED"): _Kind.INCOMING_START,
+    ("RESUMED", "MIGRATED"): _Kind.CLAIM,
+    ("RESUMED", "POSTCOPY"): _Kind.CLAIM_POSTCOPY,
+    ("SUSPENDED", "POSTCOPY_FAILED"): _Kind.SUSPENDED_POSTCOPY_FAILED,
+    ("RESUMED", "POSTCOPY_FAILED"): _Kind.RESUMED_POSTCOPY_FAILED,
+}
+
+
+def _kind(event: DomainEvent) -> _Kind:
+    if event.id != "LIFECYCLE" or event.type is None:
+        return _Kind.OTHER
+    kind = _LIFECYCLE_KINDS.get((event.type, event.detail or ""))
+    if kind is not None:
+        return kind
+    if event.type == "STARTED":
+        return _Kind.LOCAL_START
+    if event.type == "STOPPED":
+        return _Kind.STOP
+    return _Kind.OTHER
+
+
+# Lifecycle types a domain new to this host can first appear with ("Resumed before Started" happens).
+_FIRST_TYPES = frozenset({"DEFINED", "STARTED", "RESUMED"})
+
+
+def _silent_verdict(role: Role | None) -> Verdict:
+    return Verdict.DROP_HANDED_OFF if role is Role.HANDED_OFF else Verdict.DROP_INCOMING
+
+
+def _transition(role: Role | None, kind: _Kind) -> tuple[Role | None, Verdict]:
+    """(new role, verdict) for one event; ``None`` is plain ownership."""
+    owner_like = role is None or role is Role.POSTCOPY_IN
+    match kind:
+        case _Kind.CLAIM:
+            return None, Verdict.PUBLISH
+        case _Kind.CLAIM_POSTCOPY:
+            return Role.POSTCOPY_IN, Verdict.PUBLISH
+        case _Kind.LOCAL_START:
+            return None, Verdict.PUBLISH
+        case _Kind.HAND_OFF:
+            return Role.HANDED_OFF, Verdict.DROP_HANDED_OFF
+        case _Kind.INCOMING_START:
+            return Role.INCOMING, Verdict.DROP_INCOMING
+        case _Kind.SUSPENDED_POSTCOPY_FAILED:
+            if role is None or role is Role.HANDED_OFF:
+                return None, Verdict.PUBLISH  # the source takes the domain back
+            return Role.INCOMING, Verdict.DROP_INCOMING  # a destination that was already paused
+        case _Kind.RESUMED_POSTCOPY_FAILED:
+            if role is Role.HANDED_OFF:
+                return role, Verdict.DROP_HANDED_OFF
+            return Role.INCOMING, Verdict.DROP_INCOMING
+        case _Kind.STOP:
+            if role is None:
+                return None, Verdict.PUBLISH
+            if role is Role.HANDED_OFF:
+                return role, Verdict.DROP_HANDED_OFF
+            return Role.HANDED_OFF, Verdict.DROP_INCOMING  # failed incoming; see module doc
+        case _Kind.OTHER:
+            if owner_like:
+                return role, Verdict.PUBLISH
+            return role, _silent_verdict(role)
+
+
+# Listed (state, reason) pairs that decide by themselves, whatever the remembered role.
+_LISTED_OWNED = {("RUNNING", "MIGRATED"), ("RUNNING", "MIGRATION_CANCELED"), ("PAUSED", "POSTCOPY_FAILED")}
+_LISTED_HANDED_OFF = {("PAUSED", "POSTCOPY"), ("SHUTOFF", "MIGRATED")}
+
+
+def _listed_role(role: Role | None, state: str, reason: str, active: bool) -> Role | None:
+    key = (state, reason)
+    if key in _LISTED_OWNED:
+        return None
+    if key == ("RUNNING", "POSTCOPY"):
+        return Role.POSTCOPY_IN
+    if key in _LISTED_HANDED_OFF:
+        return Role.HANDED_OFF
+    if key == ("PAUSED", "MIGRATION"):
+        return Role.INCOMING if role is Role.INCOMING else Role.HANDED_OFF
+    if key == ("RUNNING", "POSTCOPY_FAILED"):
+        return Role.HANDED_OFF if role is Role.HANDED_OFF else Role.INCOMING
+    if active:
+        return None if role is Role.HANDED_OFF else role
+    return None if role is None else Role.HANDED_OFF
+
+
+class Ownership:
+    """Per-host ownership state of domain UUIDs (canonical lower-case strings). Not thread-safe."""
+
+    def __init__(self, remembered: Mapping[str, str] | None = None) -> None:
+        """Start from what :meth:`remembered` returned before a restart (empty on first start)."""
+        self._roles: dict[str, Role] = {}
+        for uuid, value in (remembered or {}).items():
+            try:
+                self._roles[uuid] = Role(value)
+            except ValueError:
+                self._roles[uuid] = Role.HANDED_OFF  # unreadable role: silence is the safe reading
+        self._known: set[str] | None = None  # listed last time, or named by an event since; None: no listing yet
+        # Known before the latest listing but absent from it, and that listing's time (µs, agent clock):
+        # events received before it for these UUIDs were queued, not late.
+        self._absent_since: set[str] = set()
+        self._listed_at: int | None = None
+        self._dropped: dict[Verdict, int] = {v: 0 for v in Verdict if v is not Verdict.PUBLISH}
+        self._generation = 0
+
+    def on_event(self, uuid: str, event: DomainEvent) -> Verdict:
+        """Decide one event; call for every event, in arrival order."""
+        if self._known is not None and uuid not in self._known:
+            queued = (uuid in self._absent_since and self._listed_at is not None
+                      and event.received_at < self._listed_at)
+            if not queued and (event.id != "LIFECYCLE" or event.type not in _FIRST_TYPES):
+                self._dropped[Verdict.DROP_STALE] += 1
+                return Verdict.DROP_STALE
+            self._known.add(uuid)
+        role, verdict = _transition(self._roles.get(uuid), _kind(event))
+        self._set(uuid, role)
+        if verdict is not Verdict.PUBLISH:
+            self._dropped[verdict] += 1
+        return verdict
+
+    def on_listed(self, uuid: str, state: str, reason: str, active: bool) -> bool:
+        """Learn from one domain of a listing; True if this host owns it (RESYNC record, inventory).
+
+        Call right after reading it, before feeding events received after the read: the listed
+        state must be at least as new as every event already fed.
+        """
+        role = _listed_role(self._roles.get(uuid), state, reason, active)
+        self._set(uuid, role)
+        if self._known is not None:
+            self._known.add(uuid)
+        return role is None or role is Role.POSTCOPY_IN
+
+    def forget_absent(self, present: Collection[str], listed_at: int | None = None) -> None:
+        """After a full listing (and its :meth:`on_listed` calls): ``present`` is every listed UUID.
+
+        ``listed_at``: when the listing was read, on the clock of ``DomainEvent.received_at``.
+        """
+        previous = self._known
+        self._known = set(present)
+        self._absent_since = set() if previous is None or listed_at is None else previous - self._known
+        self._listed_at = listed_at
+        for uuid in [u for u in self._roles if u not in self._known]:
+            self._set(uuid, None)
+
+    def owns(self, uuid: str) -> bool:
+        """Whether this host would publish for ``uuid`` now (True for a UUID it knows nothing about)."""
+        role = self._roles.get(uuid)
+        return role is None or role is Role.POSTCOPY_IN
+
+    def remembered(self) -> dict[str, str]:
+        """What to persist: role value by UUID for every UUID not plainly owned."""
+        return {uuid: role.value for uuid, role in self._roles.items()}
+
+    @property
+    def generation(self) -> int:
+        """Bumped whenever :meth:`remembered` changes; persist when it differs from the last write."""
+        return self._generation
+
+    @property
+    def dropped(self) -> Mapping[Verdict, int]:
+        """Dropped events so far, by reason."""
+        return dict(self._dropped)
+
+    def _set(self, uuid: str, role: Role | None) -> None:
+        if self._roles.get(uuid) is role:
+            return
+        if role is None:
+            del self._roles[uuid]
+        else:
+            self._roles[uuid] = role
+        self._generation += 1
