@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -98,8 +99,16 @@ class EventCapture:
         self._sink = sink
         self._now = now
         self._callback_ids: list[int] = []
+        # Deregistering 27 callbacks takes a while; events keep arriving meanwhile. The gate makes the
+        # stop atomic, so what was captured is a prefix of libvirt's stream, with no holes.
+        self._accepting = threading.Event()
+        self._accepting.set()
         self.registered: list[str] = []
         """Event id names registered on the current connection."""
+
+    def stop_accepting(self) -> None:
+        """From now on, drop every event (before deregistering, so the stop is atomic)."""
+        self._accepting.clear()
 
     def register(self, conn: libvirt.virConnect) -> None:
         """Register on ``conn``; ids the daemon does not support are logged and skipped."""
@@ -124,6 +133,8 @@ class EventCapture:
 
     def _callback(self, event_id: str) -> Callable[..., None]:
         def on_event(_conn: Any, dom: libvirt.virDomain, *rest: Any) -> None:
+            if not self._accepting.is_set():
+                return
             received = self._now()
             args = rest[:-1]  # the last argument is the opaque value we registered
             try:

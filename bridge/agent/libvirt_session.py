@@ -87,6 +87,7 @@ class LibvirtSession:
 
     def stop_events(self) -> None:
         """Stop receiving events but keep the connection (snapshots still work while draining)."""
+        self._capture.stop_accepting()
         with self._lock:
             conn = self._conn
         if conn is not None:

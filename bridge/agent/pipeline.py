@@ -216,7 +216,8 @@ class Pipeline:
             return None
         return batch, snap
 
-    def _owned_events(self, batch: Batch) -> Batch | None:
+    def _filter_events(self, batch: Batch) -> Batch:
+        """Feed every event to the ownership rules, in order; keep the ones to publish."""
         kept: list[DomainEvent] = []
         for event in batch.events:
             verdict = self.ownership.on_event(batch.uuid, event)
@@ -226,21 +227,25 @@ class Pipeline:
                 self.stats.events_not_owned += 1
                 log.info("not publishing %s %s for %s (%s): %s", event.id, event.label(), batch.name or "?",
                          batch.uuid, verdict.value)
-        owned = self.ownership.owns(batch.uuid)
-        if not owned:
-            if kept:
+        return replace(batch, events=tuple(kept))
+
+    def _owned_events(self, batch: Batch) -> Batch | None:
+        """The batch to publish, or None (its domain is done) when there is nothing to publish."""
+        filtered = self._filter_events(batch)
+        if not self.ownership.owns(batch.uuid):
+            if filtered.events:
                 # Received while owned, but the domain was handed off before its snapshot could be
                 # read: publishing now could put a stale host's word above the new owner's.
-                self.stats.events_not_owned += len(kept)
-                log.info("%d event(s) for %s were overtaken by its hand-off; not published", len(kept),
-                         batch.uuid)
+                self.stats.events_not_owned += len(filtered.events)
+                log.info("%d event(s) for %s were overtaken by its hand-off; not published",
+                         len(filtered.events), batch.uuid)
             self._resync_dropped(batch)
             self._queue.done(batch.uuid)
             return None
-        if not kept and batch.resync_id is None:
+        if not filtered.events and batch.resync_id is None:
             self._queue.done(batch.uuid)
             return None
-        return replace(batch, events=tuple(kept))
+        return filtered
 
     def _retry_not_found(self, batch: Batch) -> tuple[DomainSnapshot | None, Batch]:
         """The seed's point 2: a fresh domain may not be readable yet. Retry briefly."""
@@ -249,9 +254,8 @@ class Pipeline:
         def attempt() -> DomainSnapshot | None:
             more = self._queue.take_more(batch.uuid)
             if more is not None:
-                grown = self._owned_events(more)
+                extra = self._filter_events(more).events
                 current = state["batch"]
-                extra = grown.events if grown is not None else ()
                 state["batch"] = replace(current, events=current.events + extra,
                                          elided=current.elided + more.elided, name=more.name or current.name,
                                          resync_id=more.resync_id or current.resync_id)
