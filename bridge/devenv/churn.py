@@ -112,6 +112,24 @@ class Churn:
             raise ValueError(op)
 
 
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        return bool(conn.isAlive()) and conn.getLibVersion() > 0
+    except libvirt.libvirtError:
+        return False
+
+
+def _reconnect(uri: str, timeout: float = 60.0) -> libvirt.virConnect:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return libvirt.open(uri)
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # libvirtd is restarting
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--uri", required=True)
@@ -121,14 +139,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", type=int, default=12)
     p.add_argument("--rate", type=float, default=0.0, help="operations per second (0: as fast as possible)")
     p.add_argument("--cleanup", action="store_true", help="undefine/destroy every pool domain at the end")
+    p.add_argument("--keep-going", action="store_true",
+                   help="survive libvirtd restarts (reconnect) and operations that lose a race (count them)")
     args = p.parse_args(argv)
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions anyway
     conn = libvirt.open(args.uri)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         churn = Churn(conn, args.prefix, rng, args.pool, Path(tmp))
         start = time.monotonic()
+        failed = reconnects = 0
         for i in range(args.ops):
-            churn.step()
+            try:
+                churn.step()
+            except libvirt.libvirtError:
+                if not args.keep_going:
+                    raise
+                failed += 1
+                if not _alive(churn.conn):
+                    churn.conn = _reconnect(args.uri)
+                    reconnects += 1
             if args.rate:
                 delay = start + (i + 1) / args.rate - time.monotonic()
                 if delay > 0:
@@ -141,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     dom.undefine()
         elapsed = time.monotonic() - start
     print(json.dumps({"ops": args.ops, "by_op": churn.ops, "touched": sorted(churn.touched),
-                      "seconds": round(elapsed, 3)}))
-    conn.close()
+                      "seconds": round(elapsed, 3), "failed": failed, "reconnects": reconnects}))
+    churn.conn.close()
     return 0
 
 

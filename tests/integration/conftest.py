@@ -21,7 +21,9 @@ def topics() -> tuple[str, str]:
 
 
 @pytest.fixture
-def agent_factory(tmp_path: Path, kafka: KafkaCluster, topics: tuple[str, str]) -> Iterator[Callable[..., AgentProcess]]:
+def agent_factory(
+    tmp_path: Path, kafka: KafkaCluster, topics: tuple[str, str]
+) -> Iterator[Callable[..., AgentProcess]]:
     """Make agent subprocesses; every one is killed at teardown, pass or fail."""
     made: list[AgentProcess] = []
 

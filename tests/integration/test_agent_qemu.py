@@ -9,7 +9,13 @@ import libvirt
 import pytest
 
 from tests.support.agent_proc import wait_for
-from tests.support.checks import assert_latest_matches_libvirt, by_uuid, decode_log, published_events, wait_all_published
+from tests.support.checks import (
+    assert_latest_matches_libvirt,
+    by_uuid,
+    decode_log,
+    published_events,
+    wait_all_published,
+)
 from tests.support.domains import qemu_xml, remove_domains, unique_name
 from tests.support.recorder import EventRecorder
 from tests.support.topics import read_all

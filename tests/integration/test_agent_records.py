@@ -9,8 +9,6 @@ import subprocess
 import sys
 import uuid as uuid_mod
 
-import libvirt
-
 from bridge.records import RecordKind
 from tests.support.checks import (
     assert_latest_matches_libvirt,

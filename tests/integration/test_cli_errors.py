@@ -13,7 +13,8 @@ from tests.support.topics import unique_topics
 
 
 def run_cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def free_port():
@@ -52,6 +53,7 @@ def test_env_and_config_file_errors_name_their_source(tmp_path):
     cfg.write_text("heartbeat_interval = 'often'\n")
     assert_user_error(run_cli("run", "--config", str(cfg)), "bridge.toml", "heartbeat_interval")
     env_run = subprocess.run([sys.executable, "-m", "bridge", "run"], capture_output=True, text=True, timeout=60,
+                             check=False,
                              env={"BRIDGE_RESYNC_INTERVAL": "0s", "PATH": "/usr/bin:/bin"})
     assert_user_error(env_run, "BRIDGE_RESYNC_INTERVAL")
 

@@ -28,7 +28,8 @@ def _messages(bootstrap, topic, want, timeout=60):
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         c.assign([TopicPartition(topic, p, 0) for p in parts])
-        out, deadline = [], time.monotonic() + timeout
+        out: list = []
+        deadline = time.monotonic() + timeout
         while not want(out) and time.monotonic() < deadline:
             m = c.poll(0.5)
             if m is not None and not m.error() and m.value() is not None:

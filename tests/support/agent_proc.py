@@ -69,6 +69,14 @@ class AgentProcess:
             return self.log_text().count(" complete: ") >= n
         wait_for(done, timeout, f"{n} completed resync(s) of agent {self.host_id}")
 
+    def wait_resync_after_reconnect(self, timeout: float = 60.0) -> None:
+        """Wait until a resync completed after the latest reconnect (requests made meanwhile merge)."""
+        def done() -> bool:
+            self.check_alive()
+            text = self.log_text()
+            return text.rfind(" complete: ") > text.rfind("reconnected to") >= 0
+        wait_for(done, timeout, f"a resync after agent {self.host_id}'s latest reconnect")
+
     def wait_host_record(self, timeout: float = 60.0) -> None:
         wait_for(lambda: any(h.host == self.host_id and h.resync_id for h in
                              host_records(self.bootstrap, self.hosts_topic)),

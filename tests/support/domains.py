@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid as uuid_mod
 
+import libvirt
+
 
 def unique_name(prefix: str = "vm") -> str:
     return f"{prefix}-{uuid_mod.uuid4().hex[:10]}"
@@ -44,8 +46,6 @@ def qemu_xml(name: str, serial_log: str, uuid: str | None = None, vnc_password: 
 def remove_domains(conn, prefix: str) -> None:
     """Destroy and undefine every domain whose name starts with ``prefix`` (persistence read first:
     destroying a transient domain removes it)."""
-    import libvirt
-
     for dom in conn.listAllDomains(0):
         if not dom.name().startswith(prefix):
             continue

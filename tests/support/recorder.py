@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import defaultdict
 
@@ -48,8 +49,6 @@ class EventRecorder:
 
     def close(self) -> None:
         for cb_id in self._ids:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 self.conn.domainEventDeregisterAny(cb_id)
-            except libvirt.libvirtError:
-                pass
         self.conn.close()

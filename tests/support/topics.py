@@ -53,8 +53,10 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Raw]:
             msg = c.poll(0.5)
             if msg is None or msg.error():
                 continue
-            out.append(Raw(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()))
-            pos[msg.partition()] = msg.offset() + 1
+            part, offset = msg.partition(), msg.offset()
+            assert part is not None and offset is not None  # set on every consumed message
+            out.append(Raw(topic, part, offset, msg.key(), msg.value()))
+            pos[part] = offset + 1
         return sorted(out, key=lambda r: (r.partition, r.offset))
     finally:
         c.close()

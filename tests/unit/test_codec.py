@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, InventoryEntry, RecordKind
 from bridge.serde import RecordCodec
+from bridge.serde.confluent_wire import registry_client
 from bridge.serde.schema_files import SCHEMA_DIR, parse_plain
 from bridge.serde.single_object import MAGIC, schema_fingerprint
 
@@ -81,8 +82,6 @@ def test_newer_writer_with_an_appended_field_is_read_as_a_prefix():
 
 
 def test_confluent_wire_format_with_a_registry_and_readers_accept_both_formats():
-    from bridge.serde.confluent_wire import registry_client
-
     registry = registry_client("mock://codec-test")
     with_registry = RecordCodec(registry)
     rec = DomainRecord(UUID, "n", "h", 9, RecordKind.RESYNC, AGENT, 1, state="SHUTOFF")

@@ -67,5 +67,6 @@ def test_current_reader_reads_every_old_writer(name):
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, old, value)
         decoded = fastavro.schemaless_reader(io.BytesIO(buf.getvalue()), old, reader)
+        assert isinstance(decoded, dict)
         for key, v in value.items():
             assert decoded[key] == v
