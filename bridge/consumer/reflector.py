@@ -1,0 +1,356 @@
+"""The reflector: reads both topics from a position and hands decoded messages to a sink.
+
+It assigns every partition of the two topics itself (no consumer group, nothing committed), from the
+start position or the beginning, decodes each message with :class:`~bridge.serde.RecordCodec`, and
+skips what it cannot decode (counted, and logged with topic, partition and offset). It notes the high
+watermarks when it first reaches Kafka and reports *synced* once it has read up to all of them.
+
+It never gives up on a transient problem: an unreachable cluster or a missing topic is retried with
+backoff and shown in :attr:`Reflector.last_error`. It runs on a thread its owner starts (the informer);
+:meth:`Reflector.run` returns when the owner's stop event is set. Partitions added while it runs are
+not read until the next start (adding partitions also moves keys, which the bridge does not support).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid as uuid_mod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from bridge.consumer.position import Offset, Position
+from bridge.errors import BridgeError, DecodeError, UserError
+from bridge.records import DomainRecord, HostRecord
+from bridge.serde import RecordCodec
+
+log = logging.getLogger(__name__)
+
+_WARN_EVERY = 60.0
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class ConsumerError(BridgeError):
+    """The reader cannot go on (a fatal Kafka client error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainTombstone:
+    """A null value on the domains topic: the domain key is deleted."""
+
+    uuid: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostTombstone:
+    """A null value on the hosts topic: the host is decommissioned."""
+
+    host: str
+
+
+Payload = DomainRecord | HostRecord | DomainTombstone | HostTombstone
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded message and where it was read."""
+
+    payload: Payload
+    source: Offset
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one poll produced: the decoded messages, the position after them, and whether every
+    partition has now been read up to the high watermark seen at start (stays True once reached)."""
+
+    messages: tuple[Message, ...]
+    position: Position
+    synced: bool
+
+
+Sink = Callable[[Batch], None]
+"""Receives batches, in order, on the reflector's thread."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReflectorCounters:
+    """Messages the reflector skipped or read leniently."""
+
+    undecodable: int = 0
+    """Skipped: not a record of this bridge (foreign or corrupt bytes, bad key)."""
+    unknown_schema: int = 0
+    """Decoded from a writer schema this reader does not know (a newer one), fields it lacks ignored."""
+
+
+ConsumerFactory = Callable[[dict[str, Any]], Any]
+
+
+class Reflector:
+    """Reads ``domain_topic`` and ``hosts_topic`` into ``sink`` (see the module doc)."""
+
+    def __init__(
+        self,
+        client_config: Mapping[str, Any],
+        codec: RecordCodec,
+        *,
+        domain_topic: str,
+        hosts_topic: str,
+        sink: Sink,
+        start: Position | None = None,
+        batch_size: int = 500,
+        poll_timeout: float = 0.2,
+        request_timeout: float = 10.0,
+        max_backoff: float = 10.0,
+        consumer_factory: ConsumerFactory = Consumer,
+    ) -> None:
+        if domain_topic == hosts_topic:
+            raise UserError(f"the domains and hosts topics must differ (both are {domain_topic!r})")
+        self._codec = codec
+        self._domain_topic = domain_topic
+        self._hosts_topic = hosts_topic
+        self._sink = sink
+        # Mutable during a poll (one update per message); a Position is built once per batch.
+        self._next: dict[tuple[str, int], int] = dict(start) if start is not None else {}
+        self._batch_size = batch_size
+        self._poll_timeout = poll_timeout
+        self._request_timeout = request_timeout
+        self._max_backoff = max_backoff
+        self._targets: dict[tuple[str, int], int] = {}
+        self._synced = False
+        self._lock = threading.Lock()  # guards the counters and last_error, read from other threads
+        self._undecodable = 0
+        self._unknown_schema = 0
+        self._last_error: str | None = "no answer from Kafka yet"
+        self._warned: dict[object, float] = {}  # kind of error -> when it was last logged
+        config: dict[str, Any] = {
+            **client_config,
+            # librdkafka insists on a group id; with assign() and no commits no group is ever joined.
+            "group.id": f"libvirt-kafka-bridge-reader-{uuid_mod.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "error_cb": self._on_client_error,
+            "logger": _QuietLog(logging.getLogger("bridge.consumer.librdkafka"), {}),
+        }
+        try:
+            self._consumer = consumer_factory(config)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise UserError(f"invalid Kafka client setting: {exc}") from None
+        self._closed = False
+
+    @property
+    def last_error(self) -> str | None:
+        """The latest problem reaching Kafka or the topics, None once reading works."""
+        with self._lock:
+            return self._last_error
+
+    def counters(self) -> ReflectorCounters:
+        with self._lock:
+            return ReflectorCounters(self._undecodable, self._unknown_schema)
+
+    def run(self, stop: threading.Event) -> None:
+        """Read until ``stop`` is set, then close the consumer. Raises ConsumerError if fatal."""
+        try:
+            if not self._connect(stop):
+                return
+            while not stop.is_set():
+                self._poll_once()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the Kafka consumer (idempotent); :meth:`run` does it when it returns."""
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()
+
+    # -- start-up ----------------------------------------------------------------------------------
+
+    def _connect(self, stop: threading.Event) -> bool:
+        """Learn the partitions and their high watermarks, then assign; retry until it works."""
+        backoff = 0.5
+        # Short first requests, so a caller's sync timeout sees the reason; longer ones for slow links.
+        timeout = min(1.0, self._request_timeout)
+        while not stop.is_set():
+            try:
+                partitions = self._partitions(timeout)
+                self._targets = self._watermarks(partitions, timeout)
+            except _NotReady as exc:
+                self._set_error(str(exc))
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                timeout = min(timeout * 2, self._request_timeout)
+                continue
+            self._consumer.assign([
+                TopicPartition(t, p, self._next.get((t, p), OFFSET_BEGINNING)) for t, p in partitions
+            ])
+            self._set_error(None)
+            log.info("reading %s and %s (%d partitions) from %s; sync target %s",
+                     self._domain_topic, self._hosts_topic, len(partitions),
+                     Position(self._next).encode() or "the beginning",
+                     Position(self._targets).encode() or "(empty topics)")
+            self._deliver(())  # topics that are empty (or a start past the targets) are synced already
+            return True
+        return False
+
+    def _partitions(self, timeout: float) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for topic in (self._domain_topic, self._hosts_topic):
+            try:
+                meta = self._consumer.list_topics(topic, timeout=timeout)
+            except KafkaException as exc:
+                raise _NotReady(f"cannot reach Kafka: {_kafka_message(exc)}") from None
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+                error = tmeta.error if tmeta is not None else None
+                reason = error.str() if error is not None else "no partitions"
+                raise _NotReady(f"topic {topic} is not available: {reason}")
+            out.extend((topic, p) for p in sorted(tmeta.partitions))
+        return out
+
+    def _watermarks(self, partitions: list[tuple[str, int]], timeout: float) -> dict[tuple[str, int], int]:
+        targets: dict[tuple[str, int], int] = {}
+        for topic, partition in partitions:
+            try:
+                marks = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout, cached=False)
+            except KafkaException as exc:
+                where = f"{topic}[{partition}]"
+                raise _NotReady(f"cannot read offsets of {where}: {_kafka_message(exc)}") from None
+            if marks is None:
+                raise _NotReady(f"timed out reading offsets of {topic}[{partition}]")
+            targets[(topic, partition)] = int(marks[1])
+        return targets
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _poll_once(self) -> None:
+        try:
+            raw = self._consumer.consume(self._batch_size, self._poll_timeout)
+        except KafkaException as exc:
+            self._set_error(f"consume failed: {_kafka_message(exc)}")
+            return
+        messages: list[Message] = []
+        moved = False
+        if raw and any(m.error() is None for m in raw):
+            self._set_error(None)  # reading works again
+        for msg in raw:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    # The EOF offset is the end of the partition: past any control records too.
+                    moved |= self._advance(msg.topic(), msg.partition(), msg.offset())
+                    continue
+                if err.fatal():
+                    raise ConsumerError(f"fatal Kafka client error: {err.str()}")
+                self._set_error(err.str())
+                continue
+            source = Offset(msg.topic(), msg.partition(), msg.offset())
+            moved |= self._advance(source.topic, source.partition, source.offset + 1)
+            payload = self._decode(source, msg.key(), msg.value())
+            if payload is not None:
+                messages.append(Message(payload, source))
+        if messages or moved:
+            self._deliver(tuple(messages))
+
+    def _advance(self, topic: str, partition: int, next_offset: int) -> bool:
+        key = (topic, partition)
+        if next_offset <= self._next.get(key, 0):
+            return False
+        self._next[key] = next_offset
+        return True
+
+    def _deliver(self, messages: tuple[Message, ...]) -> None:
+        if not self._synced:
+            self._synced = all(self._next.get(key, 0) >= high for key, high in self._targets.items())
+            if self._synced:
+                log.info("synced: read %s up to the high watermarks seen at start", self._domain_topic)
+        self._sink(Batch(messages, Position(self._next), self._synced))
+
+    def _decode(self, source: Offset, key: bytes | None, value: bytes | None) -> Payload | None:
+        try:
+            if source.topic == self._domain_topic:
+                if value is None:
+                    return DomainTombstone(_tombstone_key(key, uuid=True))
+                decoded_domain = self._codec.decode_domain(value, key)
+                self._count_unknown(decoded_domain.unknown_writer, source)
+                return decoded_domain.record
+            if value is None:
+                return HostTombstone(_tombstone_key(key, uuid=False))
+            decoded_host = self._codec.decode_host(value, key)
+            self._count_unknown(decoded_host.unknown_writer, source)
+            return decoded_host.record
+        except DecodeError as exc:
+            with self._lock:
+                self._undecodable += 1
+            log.warning("skipping undecodable message at %s (key %r): %s", source, _short(key), exc)
+            return None
+
+    def _count_unknown(self, unknown: bool, source: Offset) -> None:
+        if unknown:
+            with self._lock:
+                self._unknown_schema += 1
+            log.debug("record at %s was written with an unknown (newer) schema; extra fields ignored", source)
+
+    # -- errors ------------------------------------------------------------------------------------
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        # librdkafka reports transient trouble (brokers down, DNS) here, often many times a second,
+        # and keeps retrying itself: record each, warn once per kind of error and minute.
+        if err.fatal():
+            log.error("fatal Kafka client error: %s", err.str())
+        self._set_error(err.str(), kind=err.code())
+
+    def _set_error(self, message: str | None, kind: object = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._last_error = message
+            if message is None:
+                self._warned.clear()
+                return
+            key = kind if kind is not None else message
+            if now - self._warned.get(key, -_WARN_EVERY) < _WARN_EVERY:
+                return
+            self._warned[key] = now
+        log.warning("%s (retrying)", message)
+
+
+class _QuietLog(logging.LoggerAdapter[logging.Logger]):
+    """librdkafka's own log lines, at DEBUG: a down broker logs a burst of them per second, and what
+    matters already reaches the error callback, :attr:`Reflector.last_error` and one warning."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        del level
+        super().log(logging.DEBUG, msg, *args, **kwargs)
+
+
+class _NotReady(Exception):
+    """Kafka or a topic is not there yet; worth retrying."""
+
+
+def _tombstone_key(key: bytes | None, *, uuid: bool) -> str:
+    if not key:
+        raise DecodeError("tombstone without a key")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("tombstone key is not UTF-8") from None
+    if uuid and not _UUID_RE.match(text):
+        raise DecodeError("tombstone key is not a canonical lower-case UUID")
+    return text
+
+
+def _short(key: bytes | None) -> bytes | None:
+    return key if key is None or len(key) <= 64 else key[:64] + b"..."
+
+
+def _kafka_message(exc: KafkaException) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.str() if isinstance(arg, KafkaError) else str(arg)

@@ -1,0 +1,83 @@
+"""Positions, change queues and the change history of the consumer library."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bridge.consumer import Change, ChangeCause, ChangeType, Offset, Position, PositionExpired
+from bridge.consumer.changes import ChangeQueue
+from bridge.consumer.history import ChangeHistory
+from bridge.records import AgentInfo, DomainRecord, RecordKind
+
+AGENT = AgentInfo("a", "0.1.0", "10.0.0")
+U1, U2 = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+
+
+def rec(uuid: str, version: int) -> DomainRecord:
+    return DomainRecord(uuid, "vm", "hv1", version, RecordKind.EVENT, AGENT, version, state="RUNNING")
+
+
+def change(kind: ChangeType, uuid: str, old: int | None, new: int | None, offset: int | None = None) -> Change:
+    return Change(kind, uuid, None if old is None else rec(uuid, old), None if new is None else rec(uuid, new),
+                  ChangeCause.RECORD, None if offset is None else Offset("t", 0, offset))
+
+
+def test_position_text_round_trip_and_coverage():
+    p = Position({("libvirt.hosts", 0): 7, ("libvirt.domains", 1): 17, ("libvirt.domains", 0): 42})
+    assert p.encode() == "libvirt.domains:0:42,libvirt.domains:1:17,libvirt.hosts:0:7"
+    assert Position.decode(p.encode()) == p
+    assert hash(Position.decode(p.encode())) == hash(p)
+    assert p.covers(Offset("libvirt.domains", 0, 41)) and not p.covers(Offset("libvirt.domains", 0, 42))
+    assert not p.covers(Offset("other", 0, 0))
+    assert p.advanced({("libvirt.hosts", 0): 3, ("libvirt.hosts", 1): 2}).encode() == (
+        "libvirt.domains:0:42,libvirt.domains:1:17,libvirt.hosts:0:7,libvirt.hosts:1:2")
+    assert Position.decode("") == Position()
+    for bad in ("x", "t:0", "t:a:1", "t:0:-1"):
+        with pytest.raises(ValueError):
+            Position.decode(bad)
+
+
+def test_queue_merges_changes_of_one_domain_while_the_reader_lags():
+    q = ChangeQueue()
+    q.put([change(ChangeType.ADDED, U1, None, 1), change(ChangeType.ADDED, U2, None, 1)])
+    q.put([change(ChangeType.UPDATED, U1, 1, 2), change(ChangeType.UPDATED, U1, 2, 3)])
+    first = q.get(0)
+    assert first is not None and first.uuid == U1  # keeps its place in line
+    assert (first.type, first.old, first.new) == (ChangeType.ADDED, None, rec(U1, 3))
+    q.put([change(ChangeType.DELETED, U2, 1, None)])  # added then deleted before it was read
+    assert q.get(0) is None
+    q.put([change(ChangeType.UPDATED, U1, 3, 4), change(ChangeType.DELETED, U1, 4, None)])
+    gone = q.get(0)
+    assert gone is not None and (gone.type, gone.old) == (ChangeType.DELETED, rec(U1, 3))
+    q.put([change(ChangeType.DELETED, U2, 1, None), change(ChangeType.ADDED, U2, None, 5)])
+    back = q.get(0)
+    assert back is not None and (back.type, back.old, back.new) == (ChangeType.UPDATED, rec(U2, 1), rec(U2, 5))
+
+
+def test_queue_drops_what_its_start_position_covers_and_wakes_on_close():
+    q = ChangeQueue(after=Position({("t", 0): 10}))
+    q.put([change(ChangeType.ADDED, U1, None, 1, offset=9), change(ChangeType.ADDED, U2, None, 1, offset=10)])
+    got = q.get(0)
+    assert got is not None and got.uuid == U2 and q.get(0) is None
+    result: list[Change | None] = []
+    reader = threading.Thread(target=lambda: result.append(q.get(None)))
+    reader.start()
+    q.close()
+    reader.join(10)
+    assert result == [None] and q.closed
+    q.put([change(ChangeType.ADDED, U1, None, 1)])
+    assert len(q) == 0
+
+
+def test_history_replays_after_a_position_until_it_has_dropped_what_that_needs():
+    h = ChangeHistory(capacity=2)
+    h.extend([change(ChangeType.ADDED, U1, None, 1, offset=0), change(ChangeType.ADDED, U2, None, 1, offset=1)])
+    assert [c.source.offset for c in h.since(Position()) if c.source] == [0, 1]
+    assert [c.source.offset for c in h.since(Position({("t", 0): 1})) if c.source] == [1]
+    h.extend([change(ChangeType.UPDATED, U1, 1, 2, offset=2)])
+    with pytest.raises(PositionExpired):
+        h.since(Position())
+    assert [c.source.offset for c in h.since(Position({("t", 0): 1})) if c.source] == [1, 2]
+    assert h.since(Position({("t", 0): 3})) == []
