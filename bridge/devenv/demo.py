@@ -21,7 +21,7 @@ from pathlib import Path
 import libvirt
 
 from bridge.devenv import KafkaCluster, LibvirtHost
-from bridge.records import DomainRecord, HostRecord, RecordKind
+from bridge.records import DomainRecord, HostRecord
 from bridge.serde import RecordCodec
 
 TOPIC, HOSTS_TOPIC, HOST_ID = "libvirt.domains", "libvirt.hosts", "demo-host"
@@ -103,7 +103,7 @@ def latest_records(bootstrap: str) -> tuple[dict[str, DomainRecord | None], list
                         domains[key] = None if msg.value() is None else codec.decode_domain(msg.value()).record
                     elif msg.value() is not None:
                         hosts.append(codec.decode_host(msg.value()).record)
-                    if msg.offset() + 1 >= high:
+                    if (msg.offset() or 0) + 1 >= high:
                         break
     finally:
         consumer.close()
@@ -126,30 +126,43 @@ def print_table(domains: dict[str, DomainRecord | None]) -> None:
 
 
 def workload(conn: libvirt.virConnect, pause: float) -> None:
-    def step(text: str, action: Callable[[], object]) -> None:
+    def step(text: str) -> None:
         say(f"\n▶ {text}")
-        action()
+
+    def settle() -> None:
         time.sleep(pause)  # pacing for human eyes, not synchronisation
 
-    web = {}
-    step("define web-1 (a persistent domain)", lambda: web.setdefault("d", conn.defineXML(domain_xml("web-1"))))
-    step("start web-1", lambda: web["d"].create())
-    step("pause web-1", lambda: web["d"].suspend())
-    step("resume web-1", lambda: web["d"].resume())
-    step("tag web-1 with a description (METADATA_CHANGE event)",
-         lambda: web["d"].setMetadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, "frontend", None, None, 0))
-    step("create batch-7, a transient domain (it exists only while it runs)",
-         lambda: web.setdefault("t", conn.createXML(domain_xml("batch-7"), 0)))
-    step("stop batch-7: a stopped transient domain is gone, so the agent publishes DELETED + a tombstone",
-         lambda: web["t"].destroy())
-
-    def blink() -> None:
-        d = conn.defineXML(domain_xml("blink"))
-        d.undefine()
-
-    step("define and at once undefine 'blink' (the seed report's 'Domain not found' race)", blink)
-    step("define db-1 and start it", lambda: conn.defineXML(domain_xml("db-1")).create())
-    step("stop and undefine web-1", lambda: (web["d"].destroy(), web["d"].undefine()))
+    step("define web-1 (a persistent domain)")
+    web = conn.defineXML(domain_xml("web-1"))
+    settle()
+    step("start web-1")
+    web.create()
+    settle()
+    step("pause web-1")
+    web.suspend()
+    settle()
+    step("resume web-1")
+    web.resume()
+    settle()
+    step("tag web-1 with a description (METADATA_CHANGE event)")
+    web.setMetadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, "frontend", None, None, 0)
+    settle()
+    step("create batch-7, a transient domain (it exists only while it runs)")
+    batch = conn.createXML(domain_xml("batch-7"), 0)
+    settle()
+    step("stop batch-7: a stopped transient domain is gone, so the agent publishes DELETED + a tombstone")
+    batch.destroy()
+    settle()
+    step("define and at once undefine 'blink' (the seed report's 'Domain not found' race)")
+    conn.defineXML(domain_xml("blink")).undefine()
+    settle()
+    step("define db-1 and start it")
+    conn.defineXML(domain_xml("db-1")).create()
+    settle()
+    step("stop and undefine web-1")
+    web.destroy()
+    web.undefine()
+    settle()
 
 
 def main() -> int:

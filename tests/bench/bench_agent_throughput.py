@@ -1,0 +1,170 @@
+"""Benchmark 2: the agent end to end, events/s from libvirt to records visible on the topic.
+
+The real agent runs as a subprocess (``python -m bridge run ... --partitions 3``) on the daemon's test
+driver; after its start-up resync a generator subprocess makes events as fast as it can and a consumer
+in this process stamps each record when it becomes visible. A phase's window runs from its first
+event's ``received_at`` (agent clock) to the moment the record holding its last event became visible
+to the consumer (same machine, same clock). Phases, one after the other:
+
+1. ``churn``: define then undefine N fresh domains (2N events), the raw benchmark's workload. A
+   domain's DEFINED usually finds it already gone, the UNDEFINED joins it, and one DELETED record
+   (+ tombstone) reports both: coalescing, as DESIGN.md's publishing rules intend. So records/s,
+   events/s and the coalescing ratio are reported side by side, with the agent's peak RSS and CPU.
+2. ``define burst``: define M fresh domains, no undefine: each event needs a full snapshot read
+   (lookup, XML, state, flags), so this is the agent's per-record cost when domains exist.
+3. ``undefine burst``: undefine those M domains (DELETED + tombstone each).
+
+``python -m tests.bench.bench_agent_throughput``
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid as uuid_mod
+from collections import Counter
+from typing import Any
+
+from tests.bench import (
+    BenchEnv,
+    BenchResult,
+    TopicTail,
+    main_one,
+    proc_cpu_seconds,
+    proc_status_kib,
+    progress,
+    start_agent,
+    start_generator,
+    thread_cpu_seconds,
+    unique_topics,
+)
+
+NAME = "agent_throughput"
+TITLE = "agent end to end throughput"
+NEEDS = ("kafka", "libvirt")
+
+CHURN_DOMAINS = 3000
+BURST_DOMAINS = 1500
+TIMEOUT = 180.0
+
+
+def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int, mode: str, prefix: str,
+           **options: object) -> dict[str, Any]:
+    """Run one generator and wait until ``expected`` more events are visible; the phase's numbers."""
+    uri = env.test_uri
+    pid = agent.proc.pid
+    daemon = env.libvirtd_pid() or 0
+    seen_before, events_before = len(tail.seen()), tail.events
+    cpu0, threads0, daemon_cpu0 = proc_cpu_seconds(pid), thread_cpu_seconds(pid), proc_cpu_seconds(daemon)
+    t0 = time.monotonic()
+    progress(f"{NAME}: {name}: generator {mode} -> {expected} events")
+    gen = start_generator(mode, uri, prefix, **options)
+    try:
+        next_report = time.monotonic() + 5
+
+        def check() -> None:
+            gen.check()
+            agent.check_alive()
+
+        def done(t: TopicTail) -> bool:
+            nonlocal next_report
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + 5
+                progress(f"{NAME}: {name}: {t.events - events_before}/{expected} events visible")
+            return t.events - events_before >= expected
+
+        tail.wait(done, TIMEOUT, f"{expected} events of phase {name}", check=check)
+        summary = gen.result()
+    finally:
+        gen.kill()
+    elapsed = time.monotonic() - t0
+    cpu = proc_cpu_seconds(pid) - cpu0
+    daemon_cpu = proc_cpu_seconds(daemon) - daemon_cpu0
+    threads1 = thread_cpu_seconds(pid)
+    seen = tail.seen()[seen_before:]
+    records = [s for s in seen if s.record is not None]
+    events = [e for s in records for e in s.record.events]
+    first_event = min(e.received_at for e in events)
+    last_visible = max(s.visible_us for s in records)
+    window = (last_visible - first_event) / 1e6
+    out = {
+        "events": len(events), "records": len(records), "tombstones": len(seen) - len(records),
+        "window_s": round(window, 3),
+        "events_per_s": len(events) / window, "records_per_s": len(records) / window,
+        "events_per_record": len(events) / len(records),
+        "lag_after_last_call_s": (last_visible - summary["end_us"]) / 1e6,
+        "generator": summary, "generator_calls_per_s": round(summary["ops"] / summary["seconds"], 1),
+        "record_kinds": dict(Counter(s.record.kind.value for s in records)),
+        "events_per_record_histogram": {str(k): v for k, v in
+                                        sorted(Counter(len(s.record.events) for s in records).items())},
+        "events_elided": sum(s.record.events_elided for s in records),
+        "agent_cpu_s": round(cpu, 2), "agent_cpu_pct": 100 * cpu / elapsed,
+        "libvirtd_cpu_pct": round(100 * daemon_cpu / elapsed, 1),
+        "generator_cpu_pct": round(100 * summary["cpu_s"] / summary["seconds"], 1),
+        "agent_thread_cpu_s": {k: round(v - threads0.get(k, 0.0), 2) for k, v in threads1.items()
+                               if v - threads0.get(k, 0.0) >= 0.05},
+    }
+    progress(f"{NAME}: {name}: {len(events)} events in {len(records)} records over {window:.2f}s "
+             f"({out['events_per_s']:,.0f} events/s; generator {out['generator_calls_per_s']:,.0f} calls/s; "
+             f"CPU: agent {out['agent_cpu_pct']:.0f}%, libvirtd {out['libvirtd_cpu_pct']:.0f}%, generator "
+             f"{out['generator_cpu_pct']:.0f}%); kinds {out['record_kinds']}")
+    return out
+
+
+def run(env: BenchEnv, churn_domains: int = CHURN_DOMAINS, burst_domains: int = BURST_DOMAINS) -> BenchResult:
+    result = BenchResult(NAME, TITLE, params={
+        "churn_domains": churn_domains, "churn_events": 2 * churn_domains, "burst_domains": burst_domains,
+        "partitions": 3, "agent_log_level": "INFO"})
+    topic, hosts_topic = unique_topics(NAME)
+    agent = start_agent(env, NAME, topic, hosts_topic)
+    tag = uuid_mod.uuid4().hex[:6]
+    try:
+        with TopicTail(env.bootstrap, topic) as tail:
+            churn = _phase(env, "churn", agent, tail, 2 * churn_domains, "tight", f"tput-{tag}",
+                           count=churn_domains)
+            define = _phase(env, "define burst", agent, tail, burst_domains, "pool-define", f"burst-{tag}",
+                            pool=burst_domains)
+            undefine = _phase(env, "undefine burst", agent, tail, burst_domains, "pool-remove", f"burst-{tag}")
+            hwm_kib = proc_status_kib(agent.proc.pid, "VmHWM")
+            rss_kib = proc_status_kib(agent.proc.pid, "VmRSS")
+        progress(f"{NAME}: stopping the agent")
+        status = agent.terminate()
+        if status != 0:
+            result.notes.append(f"agent exited with {status} on SIGTERM")
+    finally:
+        agent.kill()
+
+    window_def = ("events / (first event received_at -> record with the phase's last event visible to a "
+                  "consumer in the bench process)")
+    result.add("agent_events_per_s", "agent events -> visible on topic", churn["events_per_s"], "events/s",
+               f"churn phase (tight define+undefine of {churn_domains} domains, as the raw benchmark): {window_def}")
+    result.add("agent_records_per_s", "agent records -> visible on topic", churn["records_per_s"], "records/s",
+               "churn phase: DomainRecords (tombstones not counted) visible per second, same window")
+    result.add("agent_coalescing", "agent coalescing (events per record)", churn["events_per_record"],
+               "events/record", "churn phase: events / DomainRecords (1.0 = one record per event)")
+    result.add("agent_lag_after_last_call_s", "agent lag behind the last libvirt call", churn["lag_after_last_call_s"],
+               "s", "churn phase: generator's last undefine returned -> last record visible")
+    result.add("agent_define_events_per_s", "agent events -> visible, define burst", define["events_per_s"],
+               "events/s", f"define burst ({burst_domains} fresh domains defined back to back; each record needs "
+               f"a full snapshot read): {window_def}")
+    result.add("agent_define_coalescing", "agent coalescing, define burst", define["events_per_record"],
+               "events/record", "define burst: events / DomainRecords (one DEFINED per domain, so always 1.0)")
+    result.add("agent_undefine_events_per_s", "agent events -> visible, undefine burst", undefine["events_per_s"],
+               "events/s", f"undefine burst (the {burst_domains} domains undefined; DELETED + tombstone each): "
+               f"{window_def}")
+    result.add("agent_peak_rss_mib", "agent peak RSS", hwm_kib / 1024, "MiB",
+               "VmHWM of the agent process (/proc/<pid>/status) after all phases")
+    result.add("agent_cpu_pct", "agent CPU, churn phase", churn["agent_cpu_pct"], "% of one core",
+               "agent process user+system CPU seconds / wall seconds, churn generator start -> all visible")
+    result.add("agent_define_cpu_pct", "agent CPU, define burst", define["agent_cpu_pct"], "% of one core",
+               "same, define burst")
+    result.details = {"churn": churn, "define_burst": define, "undefine_burst": undefine,
+                      "agent_rss_end_mib": round(rss_kib / 1024, 1)}
+    elided = churn["events_elided"] + define["events_elided"] + undefine["events_elided"]
+    if elided:
+        result.notes.append(f"{elided} events were elided by the per-domain cap")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main_one(sys.modules[__name__]))
