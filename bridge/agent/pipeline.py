@@ -22,8 +22,10 @@ import threading
 import time
 import uuid as uuid_mod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+import libvirt
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from bridge.agent.libvirt_names import reason_name, state_name
@@ -53,6 +55,8 @@ class PipelineConfig:
     resync_interval: float
     heartbeat_interval: float
     batch_size: int = 256
+    snapshot_readers: int = 4
+    """Snapshot reads in parallel (each is five libvirt round-trips)."""
     not_found_retry: float = 0.5
     """Seconds to keep retrying ``Domain not found`` for a domain whose events don't say it is gone."""
 
@@ -101,6 +105,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._drain_deadline: float | None = None
         self._thread: threading.Thread | None = None
+        self._read_pool = ThreadPoolExecutor(config.snapshot_readers, thread_name_prefix="snapshot-reader")
         self._next_resync = 0.0
         self._next_heartbeat = 0.0
         self.stats = PipelineStats()
@@ -136,6 +141,7 @@ class Pipeline:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+        self._read_pool.shutdown(wait=True)
 
     def publish_host_status(self, status: HostStatus) -> None:
         """Publish the HostRecord now (used for ``STOPPING`` once the pipeline has stopped)."""
@@ -173,20 +179,26 @@ class Pipeline:
             self._process(batches)
 
     def _process(self, batches: list[Batch]) -> None:
+        # Ownership sees every event in arrival order, so filtering stays on this thread; only the
+        # libvirt reads, the slow part (five round-trips each), run side by side.
+        owned = [b for b in (self._owned_events(batch) for batch in batches) if b is not None]
+        reads = list(self._read_pool.map(self._read, [b.uuid for b in owned]))
         ready: list[tuple[Batch, DomainSnapshot | None]] = []
-        for i, batch in enumerate(batches):
-            owned = self._owned_events(batch)
-            if owned is None:
-                continue
+        for i, (batch, read) in enumerate(zip(owned, reads, strict=True)):
             try:
-                outcome = self._prepare(owned)
+                if isinstance(read, Exception):
+                    raise read
+                outcome = self._prepare(batch, read)
             except ConnectionLost:
                 # Give the work back (ownership already applied to it) and wait for the reconnect.
-                self._queue.requeue(owned)
-                for rest in batches[i + 1:]:
+                for rest in owned[i:]:
                     self._queue.requeue(rest)
-                log.warning("libvirt connection lost; %d domain(s) wait for the reconnect", len(batches) - i)
+                log.warning("libvirt connection lost; %d domain(s) wait for the reconnect", len(owned) - i)
                 break
+            except libvirt.libvirtError as exc:
+                log.warning("reading %s failed: %s; will retry", batch.uuid, one_line(exc))
+                self._queue.requeue(batch)
+                continue
             if outcome is not None:
                 ready.append(outcome)
         if not ready:
@@ -200,9 +212,14 @@ class Pipeline:
         for record, (batch, _snap) in zip(records, ready, strict=True):
             self._publish(record, batch.resync_id)
 
-    def _prepare(self, batch: Batch) -> tuple[Batch, DomainSnapshot | None] | None:
-        """Read the snapshot of an owned batch; None when nothing is to be published."""
-        snap = self._reader.read(batch.uuid)
+    def _read(self, uuid: str) -> DomainSnapshot | Exception | None:
+        try:
+            return self._reader.read(uuid)
+        except (ConnectionLost, libvirt.libvirtError) as exc:
+            return exc
+
+    def _prepare(self, batch: Batch, snap: DomainSnapshot | None) -> tuple[Batch, DomainSnapshot | None] | None:
+        """Complete the snapshot read of an owned batch; None when nothing is to be published."""
         if snap is None and not _implies_gone(batch.events):
             snap, batch = self._retry_not_found(batch)
         if snap is None and not batch.events:

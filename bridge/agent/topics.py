@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from bridge.errors import UserError
 
@@ -70,8 +71,18 @@ def ensure_compacted_topics(
 
 def _cleanup_policy(admin: AdminClient, topic: str, timeout: float) -> str:
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-    try:
+
+    def describe() -> str:
         result: Any = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+        return str(result["cleanup.policy"].value)
+
+    # A topic just created may be unknown to the broker answering for a moment (metadata propagation).
+    retrying = Retrying(
+        retry=retry_if_exception(lambda e: isinstance(e, KafkaException)
+                                 and e.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART),
+        stop=stop_after_delay(min(timeout, 10.0)), wait=wait_exponential(multiplier=0.05, max=1.0), reraise=True,
+    )
+    try:
+        return retrying(describe)
     except KafkaException as exc:
         raise UserError(f"cannot read the configuration of topic {topic}: {exc.args[0].str()}") from None
-    return str(result["cleanup.policy"].value)

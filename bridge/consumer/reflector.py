@@ -233,7 +233,10 @@ class Reflector:
 
     def _poll_once(self) -> None:
         try:
-            raw = self._consumer.consume(self._batch_size, self._poll_timeout)
+            # consume(n, timeout) waits out the timeout unless n messages arrive, which would delay
+            # live changes at low rates; wait for the first message only, then take what is there.
+            first = self._consumer.poll(self._poll_timeout)
+            raw = [] if first is None else [first, *self._consumer.consume(self._batch_size - 1, 0)]
         except KafkaException as exc:
             self._set_error(f"consume failed: {_kafka_message(exc)}")
             return

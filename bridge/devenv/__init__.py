@@ -4,9 +4,11 @@ Kafka brokers run from Maven-resolved jars and libvirt daemons run in private mo
 all on this machine; ``deploy/dev/bootstrap.sh`` installs what they need.
 """
 
-from bridge.devenv._proc import DevEnvError
+from bridge.devenv._proc import DevEnvError, WaitTimeout, wait_until
 from bridge.devenv.kafka import KafkaCluster
 from bridge.devenv.libvirtd import LibvirtHost, domain_xml
 from bridge.devenv.ports import free_port, free_ports
 
-__all__ = ["DevEnvError", "KafkaCluster", "LibvirtHost", "domain_xml", "free_port", "free_ports"]
+__all__ = [
+    "DevEnvError", "KafkaCluster", "LibvirtHost", "WaitTimeout", "domain_xml", "free_port", "free_ports", "wait_until",
+]

@@ -22,6 +22,10 @@ class DevEnvError(RuntimeError):
     """A dev-environment service could not be set up, started or stopped."""
 
 
+class WaitTimeout(DevEnvError, TimeoutError):
+    """A condition did not become true before its deadline."""
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     """Return the last ``lines`` lines of ``path`` (empty if it does not exist)."""
     try:
@@ -51,7 +55,7 @@ def wait_until(
         if ready():
             return time.monotonic() - start
         if time.monotonic() >= deadline:
-            raise DevEnvError(f"{what}: not ready after {timeout:.0f} s")
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
 
 

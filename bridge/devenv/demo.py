@@ -14,13 +14,13 @@ import sys
 import tempfile
 import time
 import uuid as uuid_mod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import libvirt
 
-from bridge.devenv import KafkaCluster, LibvirtHost
+from bridge.devenv import KafkaCluster, LibvirtHost, wait_until
 from bridge.records import DomainRecord, HostRecord
 from bridge.serde import RecordCodec
 
@@ -59,14 +59,6 @@ def process(args: list[str], log: Path | None = None) -> Iterator[subprocess.Pop
                 proc.wait()
         if out:
             out.close()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def cli(*args: str) -> list[str]:
@@ -188,7 +180,7 @@ def main() -> int:
         agent_log = work / "agent.log"
         agent = stack.enter_context(process(run, agent_log))
         wait_until(lambda: " complete: " in agent_log.read_text(errors="replace") or agent.poll() is not None,
-                   60, "the agent's first resync")
+                   timeout=60, what="the agent's first resync")
         if agent.poll() is not None:
             print(agent_log.read_text(), file=sys.stderr)
             return 1
@@ -213,10 +205,14 @@ def main() -> int:
         if hosts:
             h = hosts[-1]
             note(f"\nhost {h.host}: {h.status.value}, inventory of {len(h.domains)} domains at listed_at={h.listed_at}")
+        say("\n6. the same fleet as a consumer service sees it (the consumer library behind `state`):")
+        state = cli("state", "--bootstrap-servers", kafka.bootstrap_servers)
+        show(state)
+        subprocess.run(state, check=False, timeout=60)
         secret_seen = any(r is not None and r.xml and "hunter2" in r.xml for r in domains.values())
         note(f"VNC password 'hunter2' in any published XML: {secret_seen}")
 
-        say("\n6. stopping the agent with SIGTERM (it flushes, publishes STOPPING, exits 0)…")
+        say("\n7. stopping the agent with SIGTERM (it flushes, publishes STOPPING, exits 0)…")
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(30)
         note(f"   agent exited with status {code}")

@@ -27,7 +27,7 @@ def parse_plain(raw: Any) -> dict[str, Any]:
     The parsing canonical form ignores ``logicalType``, so fingerprints are unchanged; readers in other
     languages still see the annotations in the ``.avsc`` files.
     """
-    parsed = fastavro.parse_schema(_strip_logical(raw), _write_hint=False)
+    parsed = fastavro.parse_schema(_strip_logical(raw))  # the parsed marker spares a re-parse per message
     if not isinstance(parsed, dict):
         raise ValueError("a record schema must be a JSON object")
     return parsed

@@ -67,7 +67,9 @@ class SingleObjectDeserializer:
                 raise DecodeError(f"unknown writer schema fingerprint {data[2:HEADER_LEN].hex()}")
             writer = self._reader
         try:
-            value = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer, self._reader)
+            # Same schema on both sides (the common case): skip schema resolution.
+            reader = None if writer is self._reader else self._reader
+            value = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer, reader)
         except Exception as exc:  # fastavro raises many types on garbage: all mean "undecodable"
             raise DecodeError(f"Avro decode failed: {type(exc).__name__}: {exc}") from exc
         if not isinstance(value, dict):

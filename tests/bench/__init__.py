@@ -39,6 +39,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from bridge.devenv import wait_until
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "bench-results"
 
@@ -57,20 +59,8 @@ def now_us() -> int:
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, *, check: Callable[[], None] | None = None,
              interval: float = 0.05) -> float:
-    """Poll ``cond`` until true (returns the seconds it took) or raise TimeoutError naming ``what``.
-
-    ``check`` runs before each poll and may raise to abort early (e.g. a subprocess died).
-    """
-    start = time.monotonic()
-    deadline = start + timeout
-    while True:
-        if check is not None:
-            check()
-        if cond():
-            return time.monotonic() - start
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)  # poll interval inside a deadline loop
+    """Poll ``cond`` until true (returns the seconds it took) or raise TimeoutError naming ``what``."""
+    return wait_until(cond, timeout=timeout, what=what, check=check, interval=interval)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

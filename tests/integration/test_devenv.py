@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports it without __all__
 
-from bridge.devenv import KafkaCluster, LibvirtHost, domain_xml
+from bridge.devenv import KafkaCluster, LibvirtHost, domain_xml, wait_until
 from bridge.devenv._proc import pid_alive
 
 Event = tuple[str, int, int]  # (domain name, lifecycle event, detail)
@@ -140,10 +140,7 @@ def qemu_pid(host: LibvirtHost, name: str) -> int:
 
 
 def wait_for(cond: Any, what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+    wait_until(cond, timeout=timeout, what=what, interval=0.05)
 
 
 # -- Kafka -----------------------------------------------------------------------------------------
@@ -173,17 +170,15 @@ def test_kafka_compaction_runs(kafka: KafkaCluster) -> None:
     topic = create_topic(kafka, config=compact)
     produce(kafka, topic, [(b"k", f"v{i}".encode()) for i in range(20)])
     # The cleaner never touches the active segment, and a time-based roll happens only on an append
-    # once segment.ms has passed: so let segment.ms pass (a time, not a condition), then append.
-    time.sleep(0.2)
+    # once segment.ms has passed: so wait for segment.ms to pass, then append.
+    rolled_at = time.monotonic() + 0.2
+    wait_until(lambda: time.monotonic() >= rolled_at, timeout=5, what="segment.ms to pass")
     produce(kafka, topic, [(b"other", b"last")])
 
-    deadline = time.monotonic() + 60
-    while True:
-        values = [v for k, v in read_all(kafka, topic) if k == b"k"]
-        if values == [b"v19"]:
-            break
-        assert time.monotonic() < deadline, f"not compacted: {values}"
-        time.sleep(0.5)
+    def compacted() -> bool:
+        return [v for k, v in read_all(kafka, topic) if k == b"k"] == [b"v19"]
+
+    wait_until(compacted, timeout=60, what="the cleaner to compact the topic", interval=0.5)
 
 
 @pytest.mark.fleet

@@ -6,22 +6,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bridge.devenv import wait_until
 from tests.support.topics import host_records
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll ``cond`` until true or raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if cond():
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # polling interval inside a deadline loop, not a bare wait
+    """Poll ``cond`` until true or raise TimeoutError naming ``what`` (bridge.devenv.wait_until)."""
+    wait_until(cond, timeout=timeout, what=what, interval=interval)
 
 
 class AgentProcess:
