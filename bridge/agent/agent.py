@@ -196,9 +196,12 @@ class Agent:
         admin = admin_client(k.client_config())
         brokers = check_reachable(admin, k.bootstrap_servers, self.settings.kafka_connect_timeout)
         rf = self.settings.replication_factor or min(3, brokers)
+        # acks=all only protects what min.insync.replicas replicas hold: with RF 3, require 2 so
+        # losing one broker loses no acknowledged record (a stock broker defaults to 1).
+        extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
         ensure_compacted_topics(
             admin, {k.topic: self.settings.partitions, k.hosts_topic: min(3, self.settings.partitions)}, rf,
-            timeout=max(10.0, self.settings.kafka_connect_timeout),
+            extra_config=extra, timeout=max(10.0, self.settings.kafka_connect_timeout),
         )
 
     def _lock_state_dir(self) -> None:
