@@ -19,6 +19,8 @@ from pathlib import Path
 
 import libvirt
 
+from bridge.devenv.pacing import Pacer
+
 
 def domain_xml(name: str, uuid: str, memory_mib: int = 64) -> str:
     return (f"<domain type='test'><name>{name}</name><uuid>{uuid}</uuid>"
@@ -148,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         churn = Churn(conn, args.prefix, rng, args.pool, Path(tmp))
         start = time.monotonic()
+        pacer = Pacer(args.rate) if args.rate else None
         failed = reconnects = 0
         for i in range(args.ops):
+            if pacer is not None:
+                pacer.wait_turn(i)
             try:
                 churn.step()
             except libvirt.libvirtError:
@@ -159,10 +164,6 @@ def main(argv: list[str] | None = None) -> int:
                 if not _alive(churn.conn):
                     churn.conn = _reconnect(args.uri)
                     reconnects += 1
-            if args.rate:
-                delay = start + (i + 1) / args.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
         if args.cleanup:
             for dom in churn.mine():
                 if dom.isActive():

@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import Any
 
 from bridge.devenv import wait_until
+from bridge.devenv.pacing import Pacer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "bench-results"
@@ -562,20 +563,16 @@ def generator_main(argv: list[str] | None = None) -> int:
             uuids = [d.UUIDString() for d in doms]
             log: list[tuple[str, str, int, int]] = []
             start = now_us()
-            t0 = time.monotonic()
+            pacer = Pacer(args.rate)
             for i in range(args.ops):
-                due = t0 + i / args.rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # rate pacing
-                else:
-                    behind = max(behind, -delay)
+                pacer.wait_turn(i)
                 k = i % args.pool
                 op = CYCLE[(i // args.pool) % 4]
                 before = now_us()
                 getattr(doms[k], op)()
                 log.append((uuids[k], op, before, now_us()))
             ops = args.ops
+            behind = pacer.max_behind
             assert args.out is not None
             args.out.write_text(json.dumps(log))
         end = now_us()

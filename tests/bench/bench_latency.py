@@ -28,12 +28,12 @@ import json
 import os
 import sys
 import threading
-import time
 import uuid as uuid_mod
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bridge.devenv.pacing import Pacer
 from tests.bench import (
     CYCLE_EVENT,
     BenchEnv,
@@ -87,11 +87,9 @@ def _kafka_floor(env: BenchEnv) -> dict[str, Any]:
     with TopicTail(env.bootstrap, topic, decode=False) as tail:
         server.start()
         try:
-            t0 = time.monotonic()
+            pacer = Pacer(FLOOR_RATE)
             for i in range(FLOOR_MESSAGES):
-                delay = t0 + i / FLOOR_RATE - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # rate pacing
+                pacer.wait_turn(i)
                 producer.produce(topic, key=keys[i % POOL], value=f"{now_us()} {padding}".encode())
             tail.wait(lambda t: t.records >= FLOOR_MESSAGES, TIMEOUT, f"{FLOOR_MESSAGES} floor messages")
         finally:
