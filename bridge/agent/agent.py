@@ -28,9 +28,9 @@ from bridge.agent.snapshot import SnapshotReader
 from bridge.agent.state_store import StateStore
 from bridge.agent.topics import admin_client, check_reachable, ensure_compacted_topics
 from bridge.agent.work_queue import WorkQueue
-from bridge.cli.common import KafkaSettings
 from bridge.core.version_clock import Clock, wall_clock_micros
 from bridge.errors import UserError
+from bridge.kafka_settings import KafkaSettings
 from bridge.records import AgentInfo, HostStatus
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,10 @@ from typing import Any
 
 from bridge.agent.agent import Agent, AgentSettings
 from bridge.agent.publisher import producer_config
-from bridge.cli.common import KAFKA_OPTIONS, KafkaSettings
+from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_bool, parse_duration, parse_positive_int, resolve
 from bridge.errors import UserError
+from bridge.kafka_settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

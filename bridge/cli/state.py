@@ -9,10 +9,11 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.cli.common import KAFKA_OPTIONS, KafkaSettings
+from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_duration, parse_positive_int, resolve
 from bridge.consumer import ConsumerError, Informer, Snapshot
 from bridge.errors import UserError
+from bridge.kafka_settings import KafkaSettings
 from bridge.records import DomainRecord
 
 VIEW_OPTIONS: tuple[Option, ...] = (

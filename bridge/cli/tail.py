@@ -15,9 +15,10 @@ from typing import Any, TextIO
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
-from bridge.cli.common import KAFKA_OPTIONS, KafkaSettings
+from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_duration, parse_positive_int, resolve
 from bridge.errors import DecodeError, UserError
+from bridge.kafka_settings import KafkaSettings
 from bridge.records import DomainRecord, HostRecord
 from bridge.serde import RecordCodec
 

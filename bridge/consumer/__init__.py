@@ -21,7 +21,6 @@ Typical use::
             print(change.type, change.record.name, change.record.state)
 """
 
-from bridge.cli.common import KafkaSettings
 from bridge.consumer.changes import Change, ChangeCause, ChangeType
 from bridge.consumer.history import PositionExpired
 from bridge.consumer.informer import HandlerRegistration, Informer, InformerStats, Watch
@@ -29,6 +28,7 @@ from bridge.consumer.position import Offset, Position
 from bridge.consumer.reflector import ConsumerError
 from bridge.consumer.snapshot import Snapshot
 from bridge.consumer.store import ApplyResult, Outcome, Store
+from bridge.kafka_settings import KafkaSettings
 
 __all__ = [
     "ApplyResult",

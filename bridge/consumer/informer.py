@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from bridge.cli.common import KafkaSettings
 from bridge.consumer.changes import Change, ChangeCause, ChangeQueue, ChangeType
 from bridge.consumer.history import ChangeHistory
 from bridge.consumer.position import Position
@@ -39,6 +38,7 @@ from bridge.consumer.reflector import (
 )
 from bridge.consumer.snapshot import Snapshot
 from bridge.consumer.store import DEFAULT_STALE_AFTER_INTERVALS, Outcome, Store
+from bridge.kafka_settings import KafkaSettings
 from bridge.records import DomainRecord, HostRecord
 from bridge.serde import RecordCodec
 

@@ -184,8 +184,8 @@ def _raw_consume(env: BenchEnv, topic: str, expected: int) -> dict[str, Any]:
 def _informer(env: BenchEnv, topic: str, hosts_topic: str, expected: int, domains: int) -> dict[str, Any] | None:
     """Time an Informer from start() to synced; None if the consumer library is not there yet."""
     try:
-        from bridge.cli.common import KafkaSettings  # noqa: PLC0415
         from bridge.consumer import Informer  # noqa: PLC0415
+        from bridge.kafka_settings import KafkaSettings  # noqa: PLC0415
     except ImportError:
         return None
     settings = KafkaSettings(bootstrap_servers=env.bootstrap, topic=topic, hosts_topic=hosts_topic)

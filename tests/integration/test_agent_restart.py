@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from bridge.agent.agent import Agent, AgentSettings
-from bridge.cli.common import KafkaSettings
 from bridge.core.version_clock import wall_clock_micros
+from bridge.kafka_settings import KafkaSettings
 from tests.support.agent_proc import wait_for
 from tests.support.checks import assert_versions_increase_per_key, decode_log
 from tests.support.domains import remove_domains, unique_name, xml_for_test_driver

@@ -22,7 +22,6 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from bridge.cli.common import KafkaSettings
 from bridge.cli.main import main
 from bridge.consumer import (
     Change,
@@ -33,6 +32,7 @@ from bridge.consumer import (
     PositionExpired,
     Snapshot,
 )
+from bridge.kafka_settings import KafkaSettings
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, InventoryEntry, RecordKind
 from bridge.serde import RecordCodec
 from bridge.serde.schema_files import SCHEMA_DIR

@@ -7,8 +7,8 @@ import time
 import libvirt
 
 from bridge.agent.libvirt_names import reason_name, state_name
-from bridge.cli.common import KafkaSettings
 from bridge.consumer import Informer, Snapshot
+from bridge.kafka_settings import KafkaSettings
 from tests.support.agent_proc import wait_for
 
 
