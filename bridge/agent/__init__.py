@@ -9,7 +9,8 @@
 - ``state_store``: versions and handed-off UUIDs persisted in the state directory.
 - ``publisher``: the idempotent Kafka producer and its delivery thread.
 - ``topics``: creating and checking the compacted topics.
-- ``pipeline``: snapshot, version, publish; one record in flight per domain.
-- ``resync``: listing all domains and the host inventory.
+- ``pipeline``: snapshot, version, publish; one record in flight per domain. Resyncs and heartbeats
+  run on its thread too, since they need its version clock and ownership state; the inventory a
+  resync collects is :mod:`bridge.core.inventory`.
 - ``agent``: wires it all together, starts and stops every thread.
 """
