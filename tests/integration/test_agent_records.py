@@ -11,6 +11,7 @@ import uuid as uuid_mod
 
 from bridge.records import RecordKind
 from tests.support.checks import (
+    assert_java_partitioning,
     assert_latest_matches_libvirt,
     assert_versions_increase_per_key,
     by_uuid,
@@ -97,6 +98,7 @@ def test_churn_every_event_in_exactly_one_record_and_latest_matches_libvirt(kafk
     assert sum(summary["by_op"].values()) == 250 and len(summary["by_op"]) >= 8
     log = wait_all_published(kafka.bootstrap_servers, topics[0], recorder, touched, timeout=120)
     assert_versions_increase_per_key(log)
+    assert_java_partitioning(log, partitions=3)
     assert_latest_matches_libvirt(test_conn, log, touched)
     total = sum(len(recorder.events(u)) for u in touched)
     assert total >= 250

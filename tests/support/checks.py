@@ -10,6 +10,7 @@ from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.records import DomainRecord, RecordKind
 from bridge.serde import RecordCodec
 from tests.support.agent_proc import wait_for
+from tests.support.java_partitioner import java_partition
 from tests.support.recorder import EventRecorder
 from tests.support.topics import Raw, read_all
 
@@ -66,6 +67,13 @@ def assert_versions_increase_per_key(log: list[tuple[Raw, DomainRecord | None]])
         k = (raw.partition, rec.uuid)
         assert rec.version > last.get(k, 0), f"version went down/repeated for {rec.uuid} at offset {raw.offset}"
         last[k] = rec.version
+
+
+def assert_java_partitioning(log: list[tuple[Raw, DomainRecord | None]], partitions: int) -> None:
+    """Every message sits where a Java producer would put its key (DESIGN: murmur2 placement)."""
+    for raw, _rec in log:
+        assert raw.key is not None
+        assert raw.partition == java_partition(raw.key, partitions), f"{raw.key!r} in partition {raw.partition}"
 
 
 def assert_latest_matches_libvirt(conn: libvirt.virConnect, log: list[tuple[Raw, DomainRecord | None]],
