@@ -190,6 +190,7 @@ def main() -> int:
         tail = cli("tail", "--bootstrap-servers", kafka.bootstrap_servers, "--from-beginning", "--output", "text")
         show(tail)
         tailer = stack.enter_context(process(tail))
+        time.sleep(2.0)  # a head start for the reader, so records print under the step that caused them
 
         conn = libvirt.open(host.test_uri)
         stack.callback(conn.close)
