@@ -164,38 +164,45 @@ class Publisher:
                     self._producer.poll(0.1)
 
     def _on_delivery(self, seq_id: int, err: KafkaError | None) -> None:
+        # Reports are served by whichever thread polls: the delivery thread, or flush() at shutdown.
         with self._lock:
             seq = self._in_flight.get(seq_id)
-        if seq is None:
-            return
-        seq.outstanding -= 1
-        if err is None:
-            seq.acked += 1
-        else:
-            seq.failed = True
+            if seq is None:
+                return
+            seq.outstanding -= 1
+            if err is None:
+                seq.acked += 1
+            else:
+                seq.failed = True
+            if seq.outstanding:
+                done = False
+            elif seq.failed:
+                done = False
+                backoff = min(self._max_backoff, 0.1 * 2 ** min(seq.attempts, 10))
+                seq.attempts += 1
+                heapq.heappush(self._retries, _Retry(time.monotonic() + backoff, seq_id, seq))
+            else:
+                done = True
+                self._in_flight.pop(seq_id, None)
+                self.delivered += 1
+                self._last_error = None
+        if err is not None:
             log.warning("delivery failed (%s), will produce again: %s", "fatal" if err.fatal() else "retriable",
                         err.str())
-        if seq.outstanding:
-            return
-        if not seq.failed:
-            with self._lock:
-                self._in_flight.pop(seq_id, None)
-            self.delivered += 1
-            self._last_error = None
+        if done:
             seq.on_done()
-            return
-        backoff = min(self._max_backoff, 0.1 * 2 ** min(seq.attempts, 10))
-        seq.attempts += 1
-        heapq.heappush(self._retries, _Retry(time.monotonic() + backoff, seq_id, seq))
 
     def _serve(self) -> None:
         assert self._producer is not None
         while not self._stop.is_set():
             self._producer.poll(0.1)
             now = time.monotonic()
-            while self._retries and self._retries[0].due <= now:
-                retry = heapq.heappop(self._retries)
-                self.redelivered += 1
+            while True:
+                with self._lock:
+                    if not self._retries or self._retries[0].due > now:
+                        break
+                    retry = heapq.heappop(self._retries)
+                    self.redelivered += 1
                 self._produce(retry.seq_no, retry.sequence)
 
     def _on_error(self, err: KafkaError) -> None:
