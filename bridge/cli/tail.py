@@ -27,8 +27,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("uuid", "only records of this domain UUID", metavar="UUID"),
     Option("host", "only records published by this host", metavar="HOST_ID"),
     Option("max_messages", "exit after printing this many records", None, parse_positive_int, metavar="N"),
-    Option("idle_timeout", "exit when nothing new arrived for this long", None, parse_duration,
-           metavar="DURATION"),
+    Option("idle_timeout", "exit when nothing was printed for this long (heartbeats don't count)", None,
+           parse_duration, metavar="DURATION"),
 )
 
 DESCRIPTION = """\
@@ -91,15 +91,14 @@ def _assign(consumer: Consumer, topics: list[str], from_beginning: bool) -> None
 def _loop(consumer: Consumer, codec: RecordCodec, kafka: KafkaSettings, values: dict[str, Any],
           as_json: bool, no_xml: bool, stop: threading.Event, out: TextIO) -> int:
     printed = 0
-    last_seen = time.monotonic()
+    last_printed = time.monotonic()
+    idle = values["idle_timeout"]
     while not stop.is_set():
+        if idle is not None and time.monotonic() - last_printed >= idle:
+            break
         msg = consumer.poll(0.2)
-        idle = values["idle_timeout"]
         if msg is None:
-            if idle is not None and time.monotonic() - last_seen >= idle:
-                break
             continue
-        last_seen = time.monotonic()
         err = msg.error()
         if err is not None:
             print(f"# kafka: {err.str()}", file=sys.stderr)
@@ -108,6 +107,7 @@ def _loop(consumer: Consumer, codec: RecordCodec, kafka: KafkaSettings, values: 
         if line is None:
             continue
         print(line, file=out, flush=True)
+        last_printed = time.monotonic()
         printed += 1
         if values["max_messages"] is not None and printed >= values["max_messages"]:
             break

@@ -122,3 +122,26 @@ def test_vnc_password_is_never_published(kafka, libvirt_host, topics, agent_fact
     assert not any(secret.encode() in (r.value or b"") for r in raws)
     dom.destroy()
     dom.undefine()
+
+
+def test_odd_domain_names_round_trip(kafka, libvirt_host, topics, agent_factory, test_conn, recorder):
+    """Names with spaces, non-ASCII text, quotes and XML metacharacters reach consumers unchanged."""
+    agent_factory(libvirt_host.test_uri).start()
+    odd = f"odd {uuid_mod.uuid4().hex[:6]} ünïcødé ✓ 'q' \"dq\" & <lt> $(x) ; --"
+    escaped = odd.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
+    dom = test_conn.defineXML(xml_for_test_driver(escaped))
+    assert dom.name() == odd
+    dom.create()
+    uuid = dom.UUIDString()
+    log = wait_all_published(kafka.bootstrap_servers, topics[0], recorder, {uuid})
+    assert {r.name for r in by_uuid(log)[uuid]} == {odd}
+    assert_latest_matches_libvirt(test_conn, log, {uuid})
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge", "tail", "--bootstrap-servers", kafka.bootstrap_servers, "--topic",
+         topics[0], "--hosts-topic", topics[1], "--from-beginning", "--uuid", uuid, "--output", "json",
+         "--idle-timeout", "3s", "--no-xml"],
+        check=True, capture_output=True, text=True, timeout=60)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines and all(line["name"] == odd for line in lines)
+    dom.destroy()
+    dom.undefine()
