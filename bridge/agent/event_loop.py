@@ -67,14 +67,6 @@ class _Pump:
 _PUMP = _Pump()
 
 
-def ensure_default_impl() -> None:
-    """Register libvirt's default event implementation (once per process, as libvirt requires)."""
-    with _PUMP.lock:
-        if not _PUMP.registered:
-            libvirt.virEventRegisterDefaultImpl()
-            _PUMP.registered = True
-
-
 class LibvirtEventLoop:
     """A handle on the process's libvirt event loop thread: running while any handle is started."""
 

@@ -38,7 +38,7 @@ from bridge.core.coalescer import Batch
 from bridge.core.inventory import ResyncTracker
 from bridge.core.ownership import Ownership, Verdict
 from bridge.core.version_clock import Clock, VersionClock
-from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, HostStatus, InventoryEntry, RecordKind
+from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, HostStatus, RecordKind
 from bridge.serde import RecordCodec
 
 log = logging.getLogger(__name__)
@@ -387,36 +387,29 @@ class Pipeline:
         )
         self.stats.resyncs_completed += 1
         log.info("resync %s complete: %d domains in the inventory", tracker.resync_id[:8],
-                 len(tracker.inventory()))
+                 len(self._inventory.domains))
         self._next_heartbeat = time.monotonic() + self._cfg.heartbeat_interval
         self._publish_host(HostStatus.UP)
 
     def _publish_host(self, status: HostStatus) -> None:
         # One heartbeat in flight at most: during a Kafka outage they must not pile up in the
         # producer's queue (memory stays bounded by the number of domains, not the outage's length).
-        base = self._inventory
-        current = base.resync_id if base else None
-        if self._host_in_flight.is_set() and status is HostStatus.UP and current == self._published_resync_id:
-            return
-        record = HostRecord(
-            host=self._cfg.host, agent=self._agent_info(), heartbeat_at=self._now(), status=status,
-            resync_id=base.resync_id if base else None, listed_at=base.listed_at if base else None,
-            domains=base.domains if base else (),
+        base = self._inventory or HostRecord(
+            host=self._cfg.host, agent=self._agent_info(), heartbeat_at=0,
             heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000),
         )
+        if self._host_in_flight.is_set() and status is HostStatus.UP and base.resync_id == self._published_resync_id:
+            return
+        record = replace(base, agent=self._agent_info(), heartbeat_at=self._now(), status=status)
         msg = Message(self._cfg.hosts_topic, self._cfg.host.encode(), self._codec.encode_host(record))
         self._host_in_flight.set()
-        self._published_resync_id = current
+        self._published_resync_id = base.resync_id
         self._publisher.publish([msg], self._host_in_flight.clear)
 
     def _save_ownership_roles(self) -> None:
         if self.ownership.generation != self._roles_generation:
             self._store.save_ownership_roles(self.ownership.remembered())
             self._roles_generation = self.ownership.generation
-
-    def inventory(self) -> tuple[InventoryEntry, ...]:
-        """The latest completed resync's inventory."""
-        return self._inventory.domains if self._inventory else ()
 
 
 _GONE_SENTINEL = DomainSnapshot("", "", "", "", False, False, "", 0)
