@@ -55,11 +55,13 @@ class SnapshotReader:
         conn = self._session.connection()
         try:
             dom = conn.lookupByUUIDString(uuid)
+            # The lookup reply carries the domain's id and name: id != -1 is what virDomainIsActive
+            # tests, so reading them locally saves a round-trip (they are as fresh as the lookup).
+            active = dom.ID() != -1
+            name = dom.name()
             xml = dom.XMLDesc(0)
             state, reason = dom.state()
-            active = bool(dom.isActive())
             persistent = bool(dom.isPersistent())
-            name = dom.name()
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
             if code in _GONE:
