@@ -346,8 +346,8 @@ class Pipeline:
                 uuid = dom.UUIDString()
                 listed.append(uuid)
                 state, reason = dom.state()
-                if self.ownership.on_listed(uuid, state_name(state), reason_name(state, reason),
-                                            bool(dom.isActive())):
+                active = dom.ID() != -1  # carried by the listing reply, like the snapshot's
+                if self.ownership.on_listed(uuid, state_name(state), reason_name(state, reason), active):
                     owned.append(uuid)
         except ConnectionLost:
             self._resync_requested.set()
