@@ -277,20 +277,21 @@ class Pipeline:
                                          elided=current.elided + more.elided, name=more.name or current.name,
                                          resync_id=more.resync_id or current.resync_id)
             if _implies_gone(state["batch"].events):
-                return _GONE_SENTINEL
+                return None  # newer events say it is gone: stop retrying
             return self._reader.read(batch.uuid)
+
+        def keep_trying(snap: DomainSnapshot | None) -> bool:
+            return snap is None and not _implies_gone(state["batch"].events)
 
         retrying = Retrying(
             stop=stop_after_delay(self._cfg.not_found_retry),
             wait=wait_exponential(multiplier=0.005, max=0.1),
-            retry=retry_if_result(lambda s: s is None),
+            retry=retry_if_result(keep_trying),
             sleep=self._sleep,
         )
         try:
             snap = retrying(attempt)
         except RetryError:
-            snap = None
-        if snap is _GONE_SENTINEL:
             snap = None
         return snap, state["batch"]
 
@@ -412,7 +413,6 @@ class Pipeline:
             self._roles_generation = self.ownership.generation
 
 
-_GONE_SENTINEL = DomainSnapshot("", "", "", "", False, False, "", 0)
 
 
 def _implies_gone(events: tuple[DomainEvent, ...]) -> bool:
