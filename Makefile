@@ -16,7 +16,7 @@ bootstrap:
 	@bash deploy/dev/bootstrap.sh
 
 lint: bootstrap
-	$(VENV)/bin/ruff check bridge tests
+	$(VENV)/bin/ruff check bridge devenv tests
 
 typecheck: bootstrap
 	$(VENV)/bin/mypy
@@ -25,12 +25,12 @@ unit: bootstrap
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 test: bootstrap
-	$(VENV)/bin/ruff check bridge tests
+	$(VENV)/bin/ruff check bridge devenv tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: bootstrap
-	$(PY) -m bridge.devenv.demo
+	$(PY) -m devenv.demo
 
 bench: bootstrap
 	$(PY) -m tests.bench.run_all

@@ -9,7 +9,6 @@ Architecture (one concept per module):
 - ``bridge.agent``: the per-host agent: libvirt edge, Kafka edge, and the pipeline between them.
 - ``bridge.consumer``: the library that rebuilds fleet state from the log (reflector, store, informer).
 - ``bridge.cli``: the ``libvirt-kafka-bridge`` command.
-- ``bridge.devenv``: a real local broker and libvirtd for the demo, tests and benchmarks.
 """
 
 __version__ = "0.1.0"

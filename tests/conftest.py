@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from bridge.agent.event_loop import LibvirtEventLoop
-from bridge.devenv import KafkaCluster, LibvirtHost
+from devenv import KafkaCluster, LibvirtHost
 
 
 @pytest.fixture(scope="session")

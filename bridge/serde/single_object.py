@@ -16,9 +16,17 @@ HEADER_LEN = len(MAGIC) + 8
 
 
 def schema_fingerprint(schema: dict[str, Any]) -> bytes:
-    """The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's parsing canonical form."""
-    value = int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
-    return value.to_bytes(8, "little")
+    """The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's parsing canonical form.
+
+    fastavro's hex string already lists the bytes little-endian first, as Java's
+    ``SchemaNormalization.parsingFingerprint("CRC-64-AVRO", s)`` does; it is not a hex number.
+    """
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def legacy_fingerprint(schema: dict[str, Any]) -> bytes:
+    """The byte-reversed fingerprint that 0.1.0 wrote by mistake; read (and counted) for one release."""
+    return schema_fingerprint(schema)[::-1]
 
 
 class SingleObjectSerializer:

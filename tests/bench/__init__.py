@@ -4,8 +4,8 @@ Each ``bench_*.py`` module (named so pytest does not collect it) exposes ``TITLE
 ``"kafka"`` / ``"libvirt"`` it uses) and ``run(env) -> BenchResult``, and runs alone with
 ``python -m tests.bench.bench_<name>``. This package holds what they share:
 
-- :class:`BenchEnv`: a real single-node Kafka (:class:`~bridge.devenv.KafkaCluster`) and an isolated
-  libvirtd (:class:`~bridge.devenv.LibvirtHost`, test driver over ``test+unix``), stopped on exit even
+- :class:`BenchEnv`: a real single-node Kafka (:class:`~devenv.KafkaCluster`) and an isolated
+  libvirtd (:class:`~devenv.LibvirtHost`, test driver over ``test+unix``), stopped on exit even
   on failure;
 - :class:`Metric` / :class:`BenchResult`, the table and the JSON files in ``bench-results/``;
 - :class:`TopicTail`: a consumer thread that timestamps each record the moment it becomes visible;
@@ -39,8 +39,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bridge.devenv import wait_until
-from bridge.devenv.pacing import Pacer
+from devenv import wait_until
+from devenv.pacing import Pacer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "bench-results"
@@ -212,14 +212,14 @@ class BenchEnv:
 
     @property
     def kafka(self) -> Any:
-        """The :class:`~bridge.devenv.KafkaCluster`, started on first use.
+        """The :class:`~devenv.KafkaCluster`, started on first use.
 
         Lazily, so a libvirt-only benchmark run first is not measured beside a JVM warming up.
         """
         if self._kafka is None:
             if not self.want_kafka:
                 raise RuntimeError("this benchmark environment has no Kafka")
-            from bridge.devenv import KafkaCluster  # noqa: PLC0415
+            from devenv import KafkaCluster  # noqa: PLC0415
 
             progress("starting a single-node Kafka (KRaft) ...")
             t = time.monotonic()
@@ -233,7 +233,7 @@ class BenchEnv:
 
     @property
     def libvirt(self) -> Any:
-        """The :class:`~bridge.devenv.LibvirtHost`."""
+        """The :class:`~devenv.LibvirtHost`."""
         if self._libvirt is None:
             raise RuntimeError("this benchmark environment has no libvirtd")
         return self._libvirt
@@ -256,7 +256,7 @@ class BenchEnv:
         return path
 
     def __enter__(self) -> BenchEnv:
-        from bridge.devenv import LibvirtHost  # noqa: PLC0415
+        from devenv import LibvirtHost  # noqa: PLC0415
 
         try:
             if self.want_libvirt:
@@ -504,7 +504,7 @@ CYCLE_EVENT = {"create": "STARTED", "suspend": "SUSPENDED", "resume": "RESUMED",
 
 
 def _xml(name: str, uuid: str) -> str:
-    from bridge.devenv import domain_xml  # noqa: PLC0415
+    from devenv import domain_xml  # noqa: PLC0415
 
     return domain_xml(name, kind="test", uuid=uuid)
 

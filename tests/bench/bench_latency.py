@@ -33,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bridge.devenv.pacing import Pacer
+from devenv.pacing import Pacer
 from tests.bench import (
     CYCLE_EVENT,
     BenchEnv,

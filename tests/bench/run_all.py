@@ -1,7 +1,7 @@
 """``make bench``: every benchmark against one real Kafka and one isolated libvirtd, then the table.
 
-Starts an isolated libvirtd (:class:`bridge.devenv.LibvirtHost`, test driver over ``test+unix``) and,
-on first use, a single-node Kafka (:class:`bridge.devenv.KafkaCluster`), so the libvirt-only benchmark
+Starts an isolated libvirtd (:class:`devenv.LibvirtHost`, test driver over ``test+unix``) and,
+on first use, a single-node Kafka (:class:`devenv.KafkaCluster`), so the libvirt-only benchmark
 runs first without a broker JVM warming up beside it. Runs each ``bench_*`` module on them, prints the
 table and what each number measures, and writes ``bench-results/<name>.json`` and
 ``bench-results/summary.json``. Everything it started is stopped, even on failure or SIGTERM; a

@@ -8,7 +8,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from bridge.devenv import KafkaCluster, LibvirtHost
+from devenv import KafkaCluster, LibvirtHost
 from tests.support.agent_proc import AgentProcess
 from tests.support.recorder import EventRecorder
 from tests.support.topics import unique_topics

@@ -89,7 +89,7 @@ def test_churn_every_event_in_exactly_one_record_and_latest_matches_libvirt(kafk
     agent = agent_factory(libvirt_host.test_uri).start()
     prefix = unique_name("churn")
     out = subprocess.run(
-        [sys.executable, "-m", "bridge.devenv.churn", "--uri", libvirt_host.test_uri, "--ops", "250",
+        [sys.executable, "-m", "devenv.churn", "--uri", libvirt_host.test_uri, "--ops", "250",
          "--seed", "20261125", "--prefix", prefix, "--pool", "10"],
         check=True, capture_output=True, text=True, timeout=300,
     )

@@ -29,7 +29,7 @@ COMPACT_FAST = {
 
 def churn(uri, prefix, ops, seed):
     out = subprocess.run(
-        [sys.executable, "-m", "bridge.devenv.churn", "--uri", uri, "--ops", str(ops), "--seed", str(seed),
+        [sys.executable, "-m", "devenv.churn", "--uri", uri, "--ops", str(ops), "--seed", str(seed),
          "--prefix", prefix, "--pool", "12"],
         check=True, capture_output=True, text=True, timeout=300)
     return json.loads(out.stdout)

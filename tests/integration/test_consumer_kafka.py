@@ -365,7 +365,7 @@ def test_state_reports_a_missing_topic_and_an_unreachable_cluster(
     err = capsys.readouterr().err
     assert missing in err and "--sync-timeout" in err and "Traceback" not in err
 
-    from bridge.devenv import free_port  # noqa: PLC0415 -- only this test needs a dead port
+    from devenv import free_port  # noqa: PLC0415 -- only this test needs a dead port
 
     dead = f"127.0.0.1:{free_port()}"
     assert main(["state", "--bootstrap-servers", dead, "--sync-timeout", "3s"]) == 2

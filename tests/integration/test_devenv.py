@@ -15,8 +15,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports it without __all__
 
-from bridge.devenv import KafkaCluster, LibvirtHost, domain_xml, wait_until
-from bridge.devenv._proc import pid_alive
+from devenv import KafkaCluster, LibvirtHost, domain_xml, wait_until
+from devenv._proc import pid_alive
 
 Event = tuple[str, int, int]  # (domain name, lifecycle event, detail)
 

@@ -40,7 +40,7 @@ def test_agent_loses_nothing_acknowledged_when_a_broker_dies(kafka3, libvirt_hos
         assert config["min.insync.replicas"].value == "2"
 
         churn = subprocess.Popen(
-            [sys.executable, "-m", "bridge.devenv.churn", "--uri", libvirt_host.test_uri, "--ops", "300",
+            [sys.executable, "-m", "devenv.churn", "--uri", libvirt_host.test_uri, "--ops", "300",
              "--rate", "60", "--prefix", prefix, "--seed", "31", "--pool", "10"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

@@ -20,8 +20,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from bridge.devenv import KafkaCluster, LibvirtHost
 from bridge.records import HostStatus
+from devenv import KafkaCluster, LibvirtHost
 from tests.support.agent_proc import AgentProcess, wait_for
 from tests.support.checks import assert_versions_increase_per_key, by_uuid, decode_log, published_events
 from tests.support.domains import unique_name, xml_for_test_driver
@@ -69,7 +69,7 @@ def setup(tmp_path: Path, fault_kafka, fault_host) -> Iterator[dict]:
 
 def churn(uri: str, ops: int, rate: float, prefix: str, seed: int = 1) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge.devenv.churn", "--uri", uri, "--ops", str(ops), "--rate", str(rate),
+        [sys.executable, "-m", "devenv.churn", "--uri", uri, "--ops", str(ops), "--rate", str(rate),
          "--prefix", prefix, "--seed", str(seed), "--pool", "10", "--keep-going"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -9,12 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge.devenv import wait_until
+from devenv import wait_until
 from tests.support.topics import host_records
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll ``cond`` until true or raise TimeoutError naming ``what`` (bridge.devenv.wait_until)."""
+    """Poll ``cond`` until true or raise TimeoutError naming ``what`` (devenv.wait_until)."""
     wait_until(cond, timeout=timeout, what=what, interval=interval)
 
 

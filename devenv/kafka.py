@@ -17,8 +17,8 @@ from typing import Any, Self
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from bridge.devenv._proc import PDEATHSIG, REPO_ROOT, DevEnvError, log_tail, terminate, wait_until
-from bridge.devenv.ports import LOOPBACK, free_ports
+from devenv._proc import PDEATHSIG, REPO_ROOT, DevEnvError, log_tail, terminate, wait_until
+from devenv.ports import LOOPBACK, free_ports
 
 LIBS_ENV = "BRIDGE_KAFKA_LIBS"
 START_TIMEOUT = 60.0

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# The directory that holds pyproject.toml: bridge/devenv/_proc.py -> parents[2].
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The directory that holds pyproject.toml: devenv/_proc.py -> parents[1].
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Children get SIGTERM when the Python thread that started them dies, so a test run killed with
 # SIGKILL does not leave brokers or daemons behind. Survives exec (no set-uid binaries in the chain).

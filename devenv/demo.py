@@ -20,9 +20,9 @@ from pathlib import Path
 
 import libvirt
 
-from bridge.devenv import KafkaCluster, LibvirtHost, wait_until
 from bridge.records import DomainRecord, HostRecord
 from bridge.serde import RecordCodec
+from devenv import KafkaCluster, LibvirtHost, wait_until
 
 TOPIC, HOSTS_TOPIC, HOST_ID = "libvirt.domains", "libvirt.hosts", "demo-host"
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")

@@ -1,6 +1,6 @@
 """Random domain churn against a libvirt test-driver URI, as a separate process.
 
-``python -m bridge.devenv.churn --uri test+unix:///default?socket=... --ops 250 --seed 7 --prefix c1``
+``python -m devenv.churn --uri test+unix:///default?socket=... --ops 250 --seed 7 --prefix c1``
 makes random, valid operations on a small pool of domains whose names start with ``prefix``:
 define, redefine, undefine, start, destroy, suspend, resume, transient create, persist a transient
 domain, metadata change, rename, save/restore. It prints one JSON summary line at the end.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import libvirt
 
-from bridge.devenv.pacing import Pacer
+from devenv.pacing import Pacer
 
 
 def domain_xml(name: str, uuid: str, memory_mib: int = 64) -> str:

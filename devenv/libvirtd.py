@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from bridge.devenv._proc import (
+from devenv._proc import (
     PDEATHSIG,
     DevEnvError,
     kill_pid,
