@@ -39,7 +39,7 @@ from bridge.core.inventory import ResyncTracker
 from bridge.core.ownership import Ownership, Verdict
 from bridge.core.version_clock import Clock, VersionClock
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, HostStatus, RecordKind
-from bridge.serde import RecordCodec
+from bridge.serde import RecordCodec, cloud_events
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +322,10 @@ class Pipeline:
 
     def _publish(self, record: DomainRecord, resync_id: str | None) -> None:
         key = record.uuid.encode()
-        messages = [Message(self._cfg.domains_topic, key, self._codec.encode_domain(record))]
+        messages = [Message(self._cfg.domains_topic, key, self._codec.encode_domain(record),
+                            cloud_events.domain_headers(record))]
         if record.kind is RecordKind.DELETED:
-            messages.append(Message(self._cfg.domains_topic, key, None))
+            messages.append(Message(self._cfg.domains_topic, key, None, cloud_events.tombstone_headers(record)))
             self.stats.deleted += 1
         self.stats.records += 1
         self.stats.events_published += len(record.events)
@@ -402,7 +403,8 @@ class Pipeline:
         if self._host_in_flight.is_set() and status is HostStatus.UP and base.resync_id == self._published_resync_id:
             return
         record = replace(base, agent=self._agent_info(), heartbeat_at=self._now(), status=status)
-        msg = Message(self._cfg.hosts_topic, self._cfg.host.encode(), self._codec.encode_host(record))
+        msg = Message(self._cfg.hosts_topic, self._cfg.host.encode(), self._codec.encode_host(record),
+                      cloud_events.host_headers(record))
         self._host_in_flight.set()
         self._published_resync_id = base.resync_id
         self._publisher.publish([msg], self._host_in_flight.clear)

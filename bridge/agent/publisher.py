@@ -46,6 +46,7 @@ class Message:
     topic: str
     key: bytes
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -157,7 +158,8 @@ class Publisher:
         for msg in seq.messages:
             while True:
                 try:
-                    self._producer.produce(msg.topic, key=msg.key, value=msg.value, on_delivery=report)
+                    self._producer.produce(msg.topic, key=msg.key, value=msg.value, headers=list(msg.headers),
+                                           on_delivery=report)
                     break
                 except BufferError:
                     # librdkafka's local queue is full: let deliveries drain it (bounded by domains).

@@ -1,0 +1,75 @@
+"""CloudEvents binary-mode headers (Kafka protocol binding, spec 1.0) for every message the agent writes.
+
+The value stays the Avro record; the headers carry the event attributes, so CloudEvents SDKs, routers
+and brokers' header filters can use the topics as they are. A tombstone is a message with no value and
+no ``content-type``, as the binding says.
+
+``ce_id`` is derived from the record (``<uuid>/<version>``), so a redelivered copy carries the same id
+and CloudEvents-level deduplication sees it as the same event.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+
+from bridge.records import DomainRecord, HostRecord, RecordKind
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Headers = tuple[tuple[str, bytes], ...]
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/avro"
+TYPE_PREFIX = "io.libvirt_kafka_bridge"
+DOMAIN_TYPES = {
+    RecordKind.EVENT: f"{TYPE_PREFIX}.domain.event",
+    RecordKind.RESYNC: f"{TYPE_PREFIX}.domain.resync",
+    RecordKind.DELETED: f"{TYPE_PREFIX}.domain.deleted",
+}
+TOMBSTONE_TYPE = f"{TYPE_PREFIX}.domain.tombstone"
+HOST_TYPE = f"{TYPE_PREFIX}.host.status"
+KNOWN_TYPES = frozenset({*DOMAIN_TYPES.values(), TOMBSTONE_TYPE, HOST_TYPE})
+
+
+def source(host: str) -> str:
+    """The ``source`` attribute of a host's messages: a URI reference naming the host."""
+    return f"/libvirt-kafka-bridge/hosts/{quote(host, safe='')}"
+
+
+def domain_headers(record: DomainRecord) -> Headers:
+    """Headers for a DomainRecord message."""
+    return _headers(f"{record.uuid}/{record.version}", record.host, DOMAIN_TYPES[record.kind],
+                    record.observed_at, record.uuid, CONTENT_TYPE)
+
+
+def tombstone_headers(deleted: DomainRecord) -> Headers:
+    """Headers for the tombstone that follows the DELETED record ``deleted``."""
+    return _headers(f"{deleted.uuid}/{deleted.version}/tombstone", deleted.host, TOMBSTONE_TYPE,
+                    deleted.observed_at, deleted.uuid, None)
+
+
+def host_headers(record: HostRecord) -> Headers:
+    """Headers for a HostRecord message."""
+    return _headers(f"{record.host}/{record.agent.instance_id}/{record.heartbeat_at}", record.host, HOST_TYPE,
+                    record.heartbeat_at, record.host, CONTENT_TYPE)
+
+
+def _headers(event_id: str, host: str, ce_type: str, time_us: int, subject: str,
+             content_type: str | None) -> Headers:
+    out = [
+        ("ce_specversion", SPEC_VERSION),
+        ("ce_id", event_id),
+        ("ce_source", source(host)),
+        ("ce_type", ce_type),
+        ("ce_time", _rfc3339(time_us)),
+        ("ce_subject", subject),
+    ]
+    if content_type is not None:
+        out.append(("content-type", content_type))
+    return tuple((k, v.encode("utf-8")) for k, v in out)
+
+
+def _rfc3339(micros: int) -> str:
+    # Exact: a float division would round some microseconds.
+    return (_EPOCH + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
