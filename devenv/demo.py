@@ -21,7 +21,7 @@ from pathlib import Path
 import libvirt
 
 from bridge.records import DomainRecord, HostRecord
-from bridge.serde import RecordCodec
+from bridge.serde import DomainTombstone, MessageDecoder, RecordCodec
 from devenv import KafkaCluster, LibvirtHost, wait_until
 
 TOPIC, HOSTS_TOPIC, HOST_ID = "libvirt.domains", "libvirt.hosts", "demo-host"
@@ -74,7 +74,7 @@ def latest_records(bootstrap: str) -> tuple[dict[str, DomainRecord | None], list
     """Latest record per domain key (None after a tombstone), and the host records, read from the log."""
     from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
 
-    codec = RecordCodec()
+    decoder = MessageDecoder(RecordCodec(), TOPIC, HOSTS_TOPIC)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo", "enable.auto.commit": False})
     domains: dict[str, DomainRecord | None] = {}
     hosts: list[HostRecord] = []
@@ -90,11 +90,13 @@ def latest_records(bootstrap: str) -> tuple[dict[str, DomainRecord | None], list
                     msg = consumer.poll(5)
                     if msg is None or msg.error():
                         break
-                    if topic == TOPIC:
-                        key = (msg.key() or b"").decode()
-                        domains[key] = None if msg.value() is None else codec.decode_domain(msg.value()).record
-                    elif msg.value() is not None:
-                        hosts.append(codec.decode_host(msg.value()).record)
+                    payload = decoder.decode(topic, msg.key(), msg.value(), msg.headers()).payload
+                    if isinstance(payload, DomainTombstone):
+                        domains[payload.uuid] = None
+                    elif isinstance(payload, DomainRecord):
+                        domains[payload.uuid] = payload
+                    elif isinstance(payload, HostRecord):
+                        hosts.append(payload)
                     if (msg.offset() or 0) + 1 >= high:
                         break
     finally:

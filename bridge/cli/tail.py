@@ -19,8 +19,8 @@ from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_duration, parse_positive_int, resolve
 from bridge.errors import DecodeError, UserError
 from bridge.kafka_settings import KafkaSettings
-from bridge.records import DomainRecord, HostRecord
-from bridge.serde import RecordCodec
+from bridge.records import DomainRecord
+from bridge.serde import DomainTombstone, HostTombstone, MessageDecoder
 
 OPTIONS: tuple[Option, ...] = (
     *KAFKA_OPTIONS,
@@ -54,7 +54,6 @@ def add_parser(sub: Any) -> None:
 def execute(args: argparse.Namespace) -> int:
     values = resolve(args, OPTIONS)
     kafka = KafkaSettings.from_values(values)
-    codec = kafka.codec()
     as_json = args.output == "json" or (args.output == "auto" and not sys.stdout.isatty())
     stop = threading.Event()
 
@@ -66,7 +65,8 @@ def execute(args: argparse.Namespace) -> int:
                          "enable.auto.commit": False, "enable.partition.eof": False})
     try:
         _assign(consumer, [kafka.topic, kafka.hosts_topic], args.from_beginning)
-        return _loop(consumer, codec, kafka, values, as_json, args.no_xml, stop, sys.stdout)
+        decoder = MessageDecoder(kafka.codec(), kafka.topic, kafka.hosts_topic)
+        return _loop(consumer, decoder, values, as_json, args.no_xml, stop, sys.stdout)
     finally:
         consumer.close()
         for s, handler in previous.items():
@@ -88,7 +88,7 @@ def _assign(consumer: Consumer, topics: list[str], from_beginning: bool) -> None
     consumer.assign(parts)
 
 
-def _loop(consumer: Consumer, codec: RecordCodec, kafka: KafkaSettings, values: dict[str, Any],
+def _loop(consumer: Consumer, decoder: MessageDecoder, values: dict[str, Any],
           as_json: bool, no_xml: bool, stop: threading.Event, out: TextIO) -> int:
     printed = 0
     last_printed = time.monotonic()
@@ -103,7 +103,7 @@ def _loop(consumer: Consumer, codec: RecordCodec, kafka: KafkaSettings, values: 
         if err is not None:
             print(f"# kafka: {err.str()}", file=sys.stderr)
             continue
-        line = _render(msg, codec, kafka, values, as_json, no_xml)
+        line = _render(msg, decoder, values, as_json, no_xml)
         if line is None:
             continue
         print(line, file=out, flush=True)
@@ -114,33 +114,31 @@ def _loop(consumer: Consumer, codec: RecordCodec, kafka: KafkaSettings, values: 
     return 0
 
 
-def _render(msg: Any, codec: RecordCodec, kafka: KafkaSettings, values: dict[str, Any], as_json: bool,
-            no_xml: bool) -> str | None:
-    key = msg.key()
+def _render(msg: Any, decoder: MessageDecoder, values: dict[str, Any], as_json: bool, no_xml: bool) -> str | None:
     where = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+    want_uuid, want_host = values["uuid"], values["host"]
     try:
-        if msg.value() is None:
-            if values["uuid"] and key != values["uuid"].encode():
+        payload = decoder.decode(msg.topic(), msg.key(), msg.value(), msg.headers()).payload
+    except DecodeError as exc:
+        obj: dict[str, Any] = {"undecodable": str(exc)}
+    else:
+        if isinstance(payload, DomainTombstone | HostTombstone):
+            key = payload.uuid if isinstance(payload, DomainTombstone) else payload.host
+            if (want_uuid and key != want_uuid) or (want_host and key != want_host):
                 return None
-            if values["host"]:
+            obj = {"tombstone": True, "key": key}
+        elif isinstance(payload, DomainRecord):
+            if (want_uuid and payload.uuid != want_uuid) or (want_host and payload.host != want_host):
                 return None
-            obj: dict[str, Any] = {"tombstone": True, "key": key.decode(errors="replace") if key else None}
-        elif msg.topic() == kafka.topic:
-            rec: DomainRecord = codec.decode_domain(msg.value(), key).record
-            if (values["uuid"] and rec.uuid != values["uuid"]) or (values["host"] and rec.host != values["host"]):
-                return None
-            obj = asdict(rec)
-            obj["kind"] = rec.kind.value
+            obj = asdict(payload)
+            obj["kind"] = payload.kind.value
             if no_xml:
                 obj.pop("xml")
         else:
-            host: HostRecord = codec.decode_host(msg.value(), key).record
-            if values["uuid"] or (values["host"] and host.host != values["host"]):
+            if want_uuid or (want_host and payload.host != want_host):
                 return None
-            obj = asdict(host)
-            obj["status"] = host.status.value
-    except DecodeError as exc:
-        obj = {"undecodable": str(exc)}
+            obj = asdict(payload)
+            obj["status"] = payload.status.value
     obj = {**where, **obj}
     return json.dumps(obj, default=str) if as_json else _text_line(obj)
 

@@ -29,18 +29,12 @@ from typing import Any, Self
 from bridge.consumer.changes import Change, ChangeCause, ChangeQueue, ChangeType
 from bridge.consumer.history import ChangeHistory
 from bridge.consumer.position import Position
-from bridge.consumer.reflector import (
-    Batch,
-    ConsumerError,
-    DomainTombstone,
-    HostTombstone,
-    Reflector,
-)
+from bridge.consumer.reflector import Batch, ConsumerError, Reflector
 from bridge.consumer.snapshot import Snapshot
 from bridge.consumer.store import DEFAULT_STALE_AFTER_INTERVALS, Outcome, Store
 from bridge.kafka_settings import KafkaSettings
 from bridge.records import DomainRecord, HostRecord
-from bridge.serde import RecordCodec
+from bridge.serde import DomainTombstone, HostTombstone, RecordCodec
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +68,8 @@ class InformerStats:
     """Messages skipped because they are not records of this bridge."""
     unknown_schema: int = 0
     """Records written with a newer, unknown schema and read without the fields it added."""
+    legacy_fingerprint: int = 0
+    """Records written by 0.1.0, whose single-object fingerprint was byte-reversed (read all the same)."""
     handler_errors: int = 0
     """Exceptions raised by handlers (logged; delivery goes on)."""
 
@@ -309,6 +305,7 @@ class Informer:
             listed_away=counts["listed_away"],
             undecodable=skipped.undecodable if skipped else 0,
             unknown_schema=skipped.unknown_schema if skipped else 0,
+            legacy_fingerprint=skipped.legacy_fingerprint if skipped else 0,
             handler_errors=counts["handler_errors"],
         )
 

@@ -1,7 +1,7 @@
 """The reflector: reads both topics from a position and hands decoded messages to a sink.
 
 It assigns every partition of the two topics itself (no consumer group, nothing committed), from the
-start position or the beginning, decodes each message with :class:`~bridge.serde.RecordCodec`, and
+start position or the beginning, decodes each message with :class:`~bridge.serde.MessageDecoder`, and
 skips what it cannot decode (counted, and logged with topic, partition and offset). It notes the high
 watermarks when it first reaches Kafka and reports *synced* once it has read up to all of them.
 
@@ -14,7 +14,6 @@ not read until the next start (adding partitions also moves keys, which the brid
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import uuid as uuid_mod
@@ -26,34 +25,18 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from bridge.consumer.position import Offset, Position
 from bridge.errors import BridgeError, DecodeError, UserError
-from bridge.records import DomainRecord, HostRecord
-from bridge.serde import RecordCodec
+from bridge.serde import MessageDecoder, Payload, ReadAs, RecordCodec
+from bridge.serde.message_decoder import Headers
 
 log = logging.getLogger(__name__)
 
 _WARN_EVERY = 60.0
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 class ConsumerError(BridgeError):
     """The reader cannot go on (a fatal Kafka client error)."""
 
 
-@dataclass(frozen=True, slots=True)
-class DomainTombstone:
-    """A null value on the domains topic: the domain key is deleted."""
-
-    uuid: str
-
-
-@dataclass(frozen=True, slots=True)
-class HostTombstone:
-    """A null value on the hosts topic: the host is decommissioned."""
-
-    host: str
-
-
-Payload = DomainRecord | HostRecord | DomainTombstone | HostTombstone
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +69,8 @@ class ReflectorCounters:
     """Skipped: not a record of this bridge (foreign or corrupt bytes, bad key)."""
     unknown_schema: int = 0
     """Decoded from a writer schema this reader does not know (a newer one), fields it lacks ignored."""
+    legacy_fingerprint: int = 0
+    """Written by 0.1.0 (fingerprint bytes reversed in the single-object header), read all the same."""
 
 
 ConsumerFactory = Callable[[dict[str, Any]], Any]
@@ -111,7 +96,7 @@ class Reflector:
     ) -> None:
         if domain_topic == hosts_topic:
             raise UserError(f"the domains and hosts topics must differ (both are {domain_topic!r})")
-        self._codec = codec
+        self._decoder = MessageDecoder(codec, domain_topic, hosts_topic)
         self._domain_topic = domain_topic
         self._hosts_topic = hosts_topic
         self._sink = sink
@@ -124,8 +109,7 @@ class Reflector:
         self._targets: dict[tuple[str, int], int] = {}
         self._synced = False
         self._lock = threading.Lock()  # guards the counters and last_error, read from other threads
-        self._undecodable = 0
-        self._unknown_schema = 0
+        self._counts = dict.fromkeys(("undecodable", *(r.value for r in ReadAs)), 0)
         self._last_error: str | None = "no answer from Kafka yet"
         self._warned: dict[object, float] = {}  # kind of error -> when it was last logged
         config: dict[str, Any] = {
@@ -153,7 +137,11 @@ class Reflector:
 
     def counters(self) -> ReflectorCounters:
         with self._lock:
-            return ReflectorCounters(self._undecodable, self._unknown_schema)
+            return ReflectorCounters(
+                undecodable=self._counts["undecodable"],
+                unknown_schema=self._counts[ReadAs.NEWER_SCHEMA.value],
+                legacy_fingerprint=self._counts[ReadAs.LEGACY_FINGERPRINT.value],
+            )
 
     def run(self, stop: threading.Event) -> None:
         """Read until ``stop`` is set, then close the consumer. Raises ConsumerError if fatal."""
@@ -257,7 +245,7 @@ class Reflector:
                 continue
             source = Offset(msg.topic(), msg.partition(), msg.offset())
             moved |= self._advance(source.topic, source.partition, source.offset + 1)
-            payload = self._decode(source, msg.key(), msg.value())
+            payload = self._decode(source, msg.key(), msg.value(), msg.headers())
             if payload is not None:
                 messages.append(Message(payload, source))
         if messages or moved:
@@ -277,30 +265,26 @@ class Reflector:
                 log.info("synced: read %s up to the high watermarks seen at start", self._domain_topic)
         self._sink(Batch(messages, Position(self._next), self._synced))
 
-    def _decode(self, source: Offset, key: bytes | None, value: bytes | None) -> Payload | None:
+    def _decode(self, source: Offset, key: bytes | None, value: bytes | None,
+                headers: Headers) -> Payload | None:
         try:
-            if source.topic == self._domain_topic:
-                if value is None:
-                    return DomainTombstone(_tombstone_key(key, uuid=True))
-                decoded_domain = self._codec.decode_domain(value, key)
-                self._count_unknown(decoded_domain.unknown_writer, source)
-                return decoded_domain.record
-            if value is None:
-                return HostTombstone(_tombstone_key(key, uuid=False))
-            decoded_host = self._codec.decode_host(value, key)
-            self._count_unknown(decoded_host.unknown_writer, source)
-            return decoded_host.record
+            decoded = self._decoder.decode(source.topic, key, value, headers)
         except DecodeError as exc:
             with self._lock:
-                self._undecodable += 1
+                self._counts["undecodable"] += 1
             log.warning("skipping undecodable message at %s (key %r): %s", source, _short(key), exc)
             return None
-
-    def _count_unknown(self, unknown: bool, source: Offset) -> None:
-        if unknown:
+        if decoded.read_as is not ReadAs.CURRENT:
             with self._lock:
-                self._unknown_schema += 1
-            log.debug("record at %s was written with an unknown (newer) schema; extra fields ignored", source)
+                self._counts[decoded.read_as.value] += 1
+                first = self._counts[decoded.read_as.value] == 1
+            if decoded.read_as is ReadAs.LEGACY_FINGERPRINT and first:
+                log.warning("reading records written by libvirt-kafka-bridge 0.1.0 (first at %s): their "
+                            "single-object fingerprint is byte-reversed; accepted for this release only, "
+                            "counted as legacy_fingerprint", source)
+            elif decoded.read_as is ReadAs.NEWER_SCHEMA:
+                log.debug("record at %s was written with an unknown (newer) schema; extra fields ignored", source)
+        return decoded.payload
 
     # -- errors ------------------------------------------------------------------------------------
 
@@ -336,18 +320,6 @@ class _QuietLog(logging.LoggerAdapter[logging.Logger]):
 
 class _NotReady(Exception):
     """Kafka or a topic is not there yet; worth retrying."""
-
-
-def _tombstone_key(key: bytes | None, *, uuid: bool) -> str:
-    if not key:
-        raise DecodeError("tombstone without a key")
-    try:
-        text = key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DecodeError("tombstone key is not UTF-8") from None
-    if uuid and not _UUID_RE.match(text):
-        raise DecodeError("tombstone key is not a canonical lower-case UUID")
-    return text
 
 
 def _short(key: bytes | None) -> bytes | None:

@@ -6,10 +6,15 @@
   message names its schema without a registry;
 - the Confluent format (magic ``00`` + 4-byte schema id) when a Schema Registry URL is configured.
 
-Readers accept both, whatever the writer chose.
+Readers accept both, whatever the writer chose, through one path: :class:`MessageDecoder`.
 """
 
+from bridge.serde.message_decoder import Decoded, DomainTombstone, HostTombstone, MessageDecoder, Payload
+from bridge.serde.read_as import ReadAs
 from bridge.serde.record_codec import RecordCodec
 from bridge.serde.schema_files import domain_schema, host_schema, load_schema
 
-__all__ = ["RecordCodec", "domain_schema", "host_schema", "load_schema"]
+__all__ = [
+    "Decoded", "DomainTombstone", "HostTombstone", "MessageDecoder", "Payload", "ReadAs", "RecordCodec",
+    "domain_schema", "host_schema", "load_schema",
+]

@@ -29,7 +29,6 @@ DOMAIN_TYPES = {
 }
 TOMBSTONE_TYPE = f"{TYPE_PREFIX}.domain.tombstone"
 HOST_TYPE = f"{TYPE_PREFIX}.host.status"
-KNOWN_TYPES = frozenset({*DOMAIN_TYPES.values(), TOMBSTONE_TYPE, HOST_TYPE})
 
 
 def source(host: str) -> str:

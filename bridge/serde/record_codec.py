@@ -10,19 +10,21 @@ from typing import Any, Generic, TypeVar
 from bridge.errors import DecodeError
 from bridge.records import DomainRecord, HostRecord
 from bridge.serde import confluent_wire, single_object
+from bridge.serde.read_as import ReadAs
 from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema
 
 T = TypeVar("T")
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+"""A domain UUID as keys and records carry it: canonical, lower-case."""
 
 
 @dataclass(frozen=True)
 class Decoded(Generic[T]):
-    """A decoded record, and whether its writer schema was unknown (newer) and read as a prefix."""
+    """A decoded record and how its bytes were read."""
 
     record: T
-    unknown_writer: bool = False
+    read_as: ReadAs = ReadAs.CURRENT
 
 
 class _TopicCodec:
@@ -42,13 +44,13 @@ class _TopicCodec:
     def encode(self, value: Mapping[str, Any]) -> bytes:
         return self._write(value)
 
-    def decode(self, data: bytes | None) -> tuple[dict[str, Any], bool]:
+    def decode(self, data: bytes | None) -> tuple[dict[str, Any], ReadAs]:
         if not data:
             raise DecodeError("empty value")
         if data[:1] == confluent_wire.MAGIC:
             if self._cf_read is None:
                 raise DecodeError("Confluent wire-format message, but no schema registry is configured")
-            return self._cf_read(data), False
+            return self._cf_read(data), ReadAs.CURRENT
         return self._soe_read(data)
 
 
@@ -76,26 +78,37 @@ class RecordCodec:
 
     def decode_domain(self, data: bytes | None, key: bytes | None = None) -> Decoded[DomainRecord]:
         """Decode and validate a DomainRecord; raises DecodeError for anything else."""
-        value, unknown = self._domain.decode(data)
+        value, read_as = self._domain.decode(data)
         try:
             record = DomainRecord.from_avro(value)
         except (KeyError, ValueError, TypeError) as exc:
             raise DecodeError(f"not a valid DomainRecord: {exc}") from exc
-        if not _UUID_RE.match(record.uuid):
+        if not UUID_RE.match(record.uuid):
             raise DecodeError(f"DomainRecord uuid {record.uuid!r} is not a canonical lower-case UUID")
-        if key is not None and key != record.uuid.encode():
-            raise DecodeError(f"DomainRecord uuid {record.uuid} does not match its key {key!r}")
+        _check_key(key, record.uuid, "DomainRecord uuid", read_as)
         if record.version <= 0:
             raise DecodeError(f"DomainRecord version {record.version} is not positive")
-        return Decoded(record, unknown)
+        return Decoded(record, read_as)
 
     def decode_host(self, data: bytes | None, key: bytes | None = None) -> Decoded[HostRecord]:
         """Decode and validate a HostRecord; raises DecodeError for anything else."""
-        value, unknown = self._host.decode(data)
+        value, read_as = self._host.decode(data)
         try:
             record = HostRecord.from_avro(value)
         except (KeyError, ValueError, TypeError) as exc:
             raise DecodeError(f"not a valid HostRecord: {exc}") from exc
-        if key is not None and key != record.host.encode():
-            raise DecodeError(f"HostRecord host {record.host!r} does not match its key {key!r}")
-        return Decoded(record, unknown)
+        _check_key(key, record.host, "HostRecord host", read_as)
+        return Decoded(record, read_as)
+
+
+def _check_key(key: bytes | None, field_value: str, what: str, read_as: ReadAs) -> None:
+    """The key must equal the record's own id; for an unknown schema that match is the proof it is ours."""
+    if key is None:
+        if read_as is ReadAs.NEWER_SCHEMA:
+            raise DecodeError("unknown schema fingerprint, and no key to prove the message is a record of ours")
+        return
+    if key != field_value.encode():
+        if read_as is ReadAs.NEWER_SCHEMA:
+            raise DecodeError(f"unknown schema fingerprint, and the bytes read as {what} {field_value!r} do not "
+                              f"match the key {key!r}: a foreign message")
+        raise DecodeError(f"{what} {field_value!r} does not match its key {key!r}")

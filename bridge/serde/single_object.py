@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from bridge.errors import DecodeError
+from bridge.serde.read_as import ReadAs
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8
@@ -44,42 +45,35 @@ class SingleObjectSerializer:
 
 
 class SingleObjectDeserializer:
-    """Decodes single-object messages into dicts of ``reader_schema``.
+    """Decodes single-object messages into dicts of ``reader_schema``; says how each was read.
 
-    Writers are looked up by fingerprint among ``reader_schema`` and ``writer_schemas``. A message from an
-    unknown, newer writer is still read when ``tolerate_unknown_writers`` is set: the project's evolution
-    rule only appends fields (with defaults) to the top-level record, so the reader's fields are a prefix
-    of the writer's and the trailing bytes are the fields it does not know.
+    - The reader's own fingerprint: decoded as is (:attr:`ReadAs.CURRENT`).
+    - The byte-reversed fingerprint 0.1.0 wrote (:func:`legacy_fingerprint`): same bytes after the
+      header, so decoded the same way and flagged :attr:`ReadAs.LEGACY_FINGERPRINT`.
+    - Any other fingerprint: read as a newer version of the same record (:attr:`ReadAs.NEWER_SCHEMA`).
+      The project's evolution rule only appends fields, with defaults, to the top-level record, so the
+      reader's fields are a prefix of the writer's. This is only a candidate: the caller must prove it
+      is one of ours (see :class:`bridge.serde.RecordCodec`), or it is a foreign message.
     """
 
-    def __init__(
-        self,
-        reader_schema: dict[str, Any],
-        writer_schemas: Iterable[dict[str, Any]] = (),
-        tolerate_unknown_writers: bool = True,
-    ) -> None:
+    def __init__(self, reader_schema: dict[str, Any]) -> None:
         self._reader = reader_schema
-        self._writers = {schema_fingerprint(reader_schema): reader_schema}
-        for w in writer_schemas:
-            self._writers[schema_fingerprint(w)] = w
-        self._tolerate_unknown = tolerate_unknown_writers
+        self._known = {
+            schema_fingerprint(reader_schema): ReadAs.CURRENT,
+            legacy_fingerprint(reader_schema): ReadAs.LEGACY_FINGERPRINT,
+        }
 
-    def __call__(self, data: bytes) -> tuple[dict[str, Any], bool]:
-        """Decode ``data``; the flag says the writer schema was unknown (decoded as a prefix)."""
+    def __call__(self, data: bytes) -> tuple[dict[str, Any], ReadAs]:
         if len(data) < HEADER_LEN or data[:2] != MAGIC:
             raise DecodeError("not an Avro single-object message (no C3 01 header)")
-        writer = self._writers.get(data[2:HEADER_LEN])
-        unknown = writer is None
-        if writer is None:
-            if not self._tolerate_unknown:
-                raise DecodeError(f"unknown writer schema fingerprint {data[2:HEADER_LEN].hex()}")
-            writer = self._reader
+        read_as = self._known.get(data[2:HEADER_LEN], ReadAs.NEWER_SCHEMA)
         try:
-            # Same schema on both sides (the common case): skip schema resolution.
-            reader = None if writer is self._reader else self._reader
-            value = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer, reader)
+            value = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self._reader, None)
         except Exception as exc:  # fastavro raises many types on garbage: all mean "undecodable"
-            raise DecodeError(f"Avro decode failed: {type(exc).__name__}: {exc}") from exc
+            detail = f"Avro decode failed: {type(exc).__name__}: {exc}"
+            if read_as is ReadAs.NEWER_SCHEMA:
+                detail = f"unknown schema fingerprint {data[2:HEADER_LEN].hex()}, and {detail}"
+            raise DecodeError(detail) from exc
         if not isinstance(value, dict):
             raise DecodeError("Avro payload is not a record")
-        return value, unknown
+        return value, read_as

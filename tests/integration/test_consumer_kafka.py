@@ -35,8 +35,8 @@ from bridge.consumer import (
 from bridge.kafka_settings import KafkaSettings
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, InventoryEntry, RecordKind
 from bridge.serde import RecordCodec
-from bridge.serde.schema_files import SCHEMA_DIR
-from bridge.serde.single_object import SingleObjectSerializer
+from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema
+from bridge.serde.single_object import MAGIC, SingleObjectSerializer, legacy_fingerprint
 from tests.support.agent_proc import wait_for
 
 AGENT = AgentInfo("test-agent", "0.1.0", "10.0.0")
@@ -213,6 +213,34 @@ def test_sync_list_get_skip_foreign_bytes_and_tolerate_a_newer_schema(topics: To
         # The snapshot's position is the end of every partition: it reflects the whole log.
         ends = sum(snapshot.position.values())
         assert ends == 16, snapshot.position
+
+
+def test_records_written_by_0_1_0_are_read_and_counted_foreign_single_object_messages_are_not(
+        topics: Topics) -> None:
+    """Upgrade path: 0.1.0 wrote the fingerprint byte-reversed; those records must not be lost."""
+    v = now_us()
+    legacy_uuid, foreign_uuid, current_uuid = new_uuid(), new_uuid(), new_uuid()
+    old = domain(legacy_uuid, v + 1, "hv1", "written-by-0.1.0")
+    body = topics.codec.encode_domain(old)[10:]
+    topics.raw(topics.domains, legacy_uuid.encode(), MAGIC + legacy_fingerprint(domain_schema()) + body)
+    old_host = host("hv1", listed_at=v, inventory={legacy_uuid: v + 1})
+    topics.raw(topics.hosts, b"hv1",
+               MAGIC + legacy_fingerprint(host_schema()) + topics.codec.encode_host(old_host)[10:])
+    # Another producer's single-object message, its first string even set to the key it is sent under.
+    foreign = cast(dict[str, Any], fastavro.parse_schema({"type": "record", "name": "Invoice", "fields": [
+        {"name": "id", "type": "string"}, {"name": "total", "type": "long"}]}))
+    topics.raw(topics.domains, foreign_uuid.encode(),
+               SingleObjectSerializer(foreign)({"id": foreign_uuid, "total": 4200}))
+    topics.domain(domain(current_uuid, v + 2, "hv1", "current"))
+    topics.flush()
+
+    with Informer(topics.settings) as informer:
+        assert informer.wait_for_sync(SYNC_TIMEOUT), informer.last_error
+        assert informer.get(legacy_uuid) == old
+        assert informer.get(foreign_uuid) is None
+        assert set(informer.list().domains) == {legacy_uuid, current_uuid}
+        stats = informer.stats()
+        assert (stats.legacy_fingerprint, stats.undecodable, stats.unknown_schema) == (2, 1, 0)
 
 
 def test_handlers_and_iterator_get_the_synced_view_as_adds_then_each_change(topics: Topics) -> None:

@@ -3,15 +3,16 @@ import json
 
 import fastavro
 import pytest
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, InventoryEntry, RecordKind
-from bridge.serde import RecordCodec
+from bridge.serde import DomainTombstone, HostTombstone, MessageDecoder, ReadAs, RecordCodec, cloud_events
 from bridge.serde.confluent_wire import registry_client
-from bridge.serde.schema_files import SCHEMA_DIR, parse_plain
-from bridge.serde.single_object import MAGIC, schema_fingerprint
+from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema, parse_plain
+from bridge.serde.single_object import MAGIC, legacy_fingerprint, schema_fingerprint
 
 AGENT = AgentInfo("abc", "0.1.0", "9.0.0")
 UUID = "8ff7047b-fb46-44ff-a4c6-7c20c73ab86e"
@@ -76,9 +77,65 @@ def test_newer_writer_with_an_appended_field_is_read_as_a_prefix():
     buf = io.BytesIO()
     buf.write(MAGIC + schema_fingerprint(newer))
     fastavro.schemaless_writer(buf, newer, {**rec.to_avro(), "future_field": "x" * 50})
-    decoded = RecordCodec().decode_domain(buf.getvalue())
-    assert decoded.unknown_writer
+    decoded = RecordCodec().decode_domain(buf.getvalue(), UUID.encode())
+    assert decoded.read_as is ReadAs.NEWER_SCHEMA
     assert decoded.record == rec
+    with pytest.raises(DecodeError, match="no key to prove"):
+        RecordCodec().decode_domain(buf.getvalue())
+
+
+def test_the_fingerprint_is_written_in_the_byte_order_fastavro_prints():
+    # fastavro's hex string lists the bytes little-endian first (as Java's parsingFingerprint does);
+    # the Java golden vectors in tests/integration/test_golden_vectors.py are the outside oracle.
+    pcf = to_parsing_canonical_form(domain_schema())
+    assert schema_fingerprint(domain_schema()) == bytes.fromhex(fingerprint(pcf, "CRC-64-AVRO"))
+    assert RecordCodec().encode_domain(DomainRecord(UUID, "n", "h", 1, RecordKind.EVENT, AGENT, 1))[2:10] == \
+        schema_fingerprint(domain_schema())
+
+
+def test_a_record_written_by_0_1_0_is_read_and_flagged_legacy():
+    rec = DomainRecord(UUID, "n", "h", 3, RecordKind.EVENT, AGENT, 1, state="RUNNING")
+    current = RecordCodec().encode_domain(rec)
+    # 0.1.0 wrote the same Avro body behind the byte-reversed fingerprint.
+    legacy = MAGIC + legacy_fingerprint(domain_schema()) + current[10:]
+    assert legacy_fingerprint(domain_schema()) == schema_fingerprint(domain_schema())[::-1]
+    decoded = RecordCodec().decode_domain(legacy, UUID.encode())
+    assert (decoded.record, decoded.read_as) == (rec, ReadAs.LEGACY_FINGERPRINT)
+    host = HostRecord("h1", AGENT, 5)
+    legacy_host = MAGIC + legacy_fingerprint(host_schema()) + RecordCodec().encode_host(host)[10:]
+    assert RecordCodec().decode_host(legacy_host, b"h1").read_as is ReadAs.LEGACY_FINGERPRINT
+
+
+def test_a_foreign_single_object_message_is_undecodable_even_when_its_bytes_parse():
+    # Another producer's schema: a record of two strings. Its bytes happen to parse as the first fields
+    # of a DomainRecord often enough that only the key check can tell them apart.
+    foreign = parse_plain({"type": "record", "name": "Other", "namespace": "x", "fields": [
+        {"name": "a", "type": "string"}, {"name": "b", "type": "string"}]})
+    buf = io.BytesIO()
+    buf.write(MAGIC + schema_fingerprint(foreign))
+    fastavro.schemaless_writer(buf, foreign, {"a": UUID, "b": "y"})
+    decoder = MessageDecoder(RecordCodec(), "d", "h")
+    with pytest.raises(DecodeError):
+        decoder.decode("d", UUID.encode(), buf.getvalue())
+    with pytest.raises(DecodeError, match="unknown schema fingerprint"):
+        decoder.decode("d", b"some-key", buf.getvalue())
+
+
+def test_the_decoder_covers_tombstones_foreign_cloud_events_and_unknown_topics():
+    codec = RecordCodec()
+    decoder = MessageDecoder(codec, "d", "h")
+    assert decoder.decode("d", UUID.encode(), None).payload == DomainTombstone(UUID)
+    assert decoder.decode("h", b"host-1", None).payload == HostTombstone("host-1")
+    with pytest.raises(DecodeError, match="canonical"):
+        decoder.decode("d", b"NOT-A-UUID", None)
+    rec = DomainRecord(UUID, "n", "h", 3, RecordKind.EVENT, AGENT, 1)
+    data = codec.encode_domain(rec)
+    ours = list(cloud_events.domain_headers(rec))
+    assert decoder.decode("d", UUID.encode(), data, ours).payload == rec
+    with pytest.raises(DecodeError, match="foreign type"):
+        decoder.decode("d", UUID.encode(), data, [("ce_type", b"com.example.other")])
+    with pytest.raises(DecodeError, match="neither"):
+        decoder.decode("elsewhere", UUID.encode(), data)
 
 
 def test_confluent_wire_format_with_a_registry_and_readers_accept_both_formats():

@@ -1,0 +1,93 @@
+"""The one way a Kafka message on the bridge's topics becomes a typed payload.
+
+Every reader (the consumer library's reflector, ``tail``, the demo) goes through
+:meth:`MessageDecoder.decode`: it turns (topic, key, value, headers) into a :class:`Decoded` payload, or
+raises :class:`~bridge.errors.DecodeError` whose text is the reason, for the caller to count and log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bridge.errors import DecodeError
+from bridge.records import DomainRecord, HostRecord
+from bridge.serde.cloud_events import TYPE_PREFIX
+from bridge.serde.read_as import ReadAs
+from bridge.serde.record_codec import UUID_RE, RecordCodec
+
+
+@dataclass(frozen=True, slots=True)
+class DomainTombstone:
+    """A null value on the domains topic: the domain key is deleted."""
+
+    uuid: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostTombstone:
+    """A null value on the hosts topic: forget the host (its domains stay until an inventory removes them)."""
+
+    host: str
+
+
+Payload = DomainRecord | HostRecord | DomainTombstone | HostTombstone
+
+HeaderValue = str | bytes | None
+Headers = Sequence[tuple[str, HeaderValue]] | Mapping[str, HeaderValue] | None
+"""Message headers as Kafka clients hand them over (a list of pairs, or a mapping)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A payload and how its bytes were read (always :attr:`ReadAs.CURRENT` for tombstones)."""
+
+    payload: Payload
+    read_as: ReadAs = ReadAs.CURRENT
+
+
+class MessageDecoder:
+    """Decodes the messages of one pair of topics (domains, hosts)."""
+
+    def __init__(self, codec: RecordCodec, domain_topic: str, hosts_topic: str) -> None:
+        self._codec = codec
+        self._domain_topic = domain_topic
+        self._hosts_topic = hosts_topic
+
+    def decode(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = None) -> Decoded:
+        """The payload of one message; raises DecodeError naming why it is not one of ours."""
+        _check_cloud_event_type(headers)
+        if topic == self._domain_topic:
+            if value is None:
+                return Decoded(DomainTombstone(_tombstone_key(key, uuid=True)))
+            domain = self._codec.decode_domain(value, key)
+            return Decoded(domain.record, domain.read_as)
+        if topic == self._hosts_topic:
+            if value is None:
+                return Decoded(HostTombstone(_tombstone_key(key, uuid=False)))
+            host = self._codec.decode_host(value, key)
+            return Decoded(host.record, host.read_as)
+        raise DecodeError(f"topic {topic} is neither {self._domain_topic} nor {self._hosts_topic}")
+
+
+def _check_cloud_event_type(headers: Headers) -> None:
+    # Messages from 0.1.0 carry no headers; a CloudEvent of another producer's type is not ours.
+    # Types are matched by prefix, so types a newer agent adds still reach the record checks.
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, raw in pairs:
+        if name == "ce_type" and raw is not None:
+            ce_type = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+            if not ce_type.startswith(f"{TYPE_PREFIX}."):
+                raise DecodeError(f"a CloudEvent of foreign type {ce_type!r}")
+
+
+def _tombstone_key(key: bytes | None, *, uuid: bool) -> str:
+    if not key:
+        raise DecodeError("tombstone without a key")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("tombstone key is not UTF-8") from None
+    if uuid and not UUID_RE.match(text):
+        raise DecodeError("tombstone key is not a canonical lower-case UUID")
+    return text
