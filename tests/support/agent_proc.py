@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,9 @@ class AgentProcess:
                  host_id: str = "host1", extra: list[str] | None = None, env: dict[str, str] | None = None,
                  state_dir: Path | None = None) -> None:
         self.workdir = workdir
-        self.state_dir = state_dir or workdir / f"state-{host_id}"
+        # Host ids may hold any character (a test uses "ce host/1"); file names get a safe form.
+        safe = urllib.parse.quote(host_id, safe="")
+        self.state_dir = state_dir or workdir / f"state-{safe}"
         self.bootstrap = bootstrap
         self.topic = topic
         self.hosts_topic = hosts_topic
@@ -39,7 +42,7 @@ class AgentProcess:
         ]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / f"agent-{host_id}.log"
+        self.log_path = workdir / f"agent-{safe}.log"
         self._starts = 0
 
     def start(self, wait_resync: bool = True, timeout: float = 60.0) -> AgentProcess:

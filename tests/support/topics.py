@@ -21,6 +21,7 @@ class Raw:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def unique_topics(prefix: str = "t") -> tuple[str, str]:
@@ -55,7 +56,8 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Raw]:
                 continue
             part, offset = msg.partition(), msg.offset()
             assert part is not None and offset is not None  # set on every consumed message
-            out.append(Raw(topic, part, offset, msg.key(), msg.value()))
+            headers = tuple((k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in msg.headers() or ())
+            out.append(Raw(topic, part, offset, msg.key(), msg.value(), headers))
             pos[part] = offset + 1
         return sorted(out, key=lambda r: (r.partition, r.offset))
     finally:
