@@ -11,4 +11,4 @@ Architecture (one concept per module):
 - ``bridge.cli``: the ``libvirt-kafka-bridge`` command.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
