@@ -104,8 +104,50 @@ kafka_jars() {
     log "kafka jars ok ($(du -sh "$KAFKA_LIBS" | cut -f1))"
 }
 
+java_tools() {
+    # The Java oracles (tests/java/oracle), built into .cache/java/<name>/ (<name>.jar + lib/) for the
+    # tests that run them with `java -jar`. Each pom takes -Dbridge.build.dir (default: its own target/).
+    local out="$CACHE/java" stamp want project name
+    local projects=("$REPO/tests/java/oracle")
+    stamp="$out/.sources.sha256"
+    # Every file of every project (poms, sources, resources) but a stray target/ from a manual build.
+    want=$(for project in "${projects[@]}"; do
+        (cd "$project" && find . -path ./target -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum)
+    done | sha256sum | cut -d' ' -f1)
+    local built=1
+    for project in "${projects[@]}"; do
+        name=$(basename "$project")
+        [[ -f "$out/$name/$name.jar" ]] || built=0
+    done
+    if [[ -f "$stamp" && $(cat "$stamp") == "$want" ]] && ((built)); then
+        log "java tools ok"
+        return
+    fi
+    # Debian's maven package brings a JRE only; compiling needs the JDK.
+    if ! command -v javac >/dev/null; then
+        log "installing openjdk-17-jdk-headless (javac)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jdk-headless >/dev/null
+    fi
+    log "building java tools with maven into $out"
+    rm -rf "$out"
+    : >"$CACHE/mvn-java.log"
+    for project in "${projects[@]}"; do
+        name=$(basename "$project")
+        # `package` also copies the runtime dependencies into lib/ (see each pom); output to a log.
+        if ! mvn -B -q -Dstyle.color=never -f "$project/pom.xml" -Dbridge.build.dir="$out/$name" package \
+                >>"$CACHE/mvn-java.log" 2>&1; then
+            tail -n 40 "$CACHE/mvn-java.log" >&2
+            die "maven could not build $project (full log: $CACHE/mvn-java.log)"
+        fi
+    done
+    echo "$want" >"$stamp"
+    log "java tools ok"
+}
+
 apt_packages
 libvirt_qemu_user
 python_venv
 kafka_jars
+java_tools
 log "done"
