@@ -22,6 +22,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from bridge.errors import UserError
+from bridge.logging_setup import librdkafka_logger
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Publisher:
     def __init__(self, client_config: dict[str, str], max_retry_backoff: float = 10.0) -> None:
         self._config = producer_config(client_config)
         self._config["error_cb"] = self._on_error
-        self._config["logger"] = logging.getLogger("librdkafka")
+        self._config["logger"] = librdkafka_logger("producer")
         self._producer: Producer | None = None
         self._lock = threading.Lock()
         self._in_flight: dict[int, _Sequence] = {}

@@ -10,16 +10,28 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from bridge.errors import UserError
+from bridge.logging_setup import librdkafka_logger
 
 log = logging.getLogger(__name__)
 
 
 def admin_client(client_config: dict[str, str]) -> AdminClient:
-    """An admin client for the configured cluster."""
+    """An admin client for the configured cluster.
+
+    Its librdkafka lines go to the ``librdkafka.admin`` logger at DEBUG at most: an unreachable
+    cluster at start-up logs a burst of connection failures that the one-line UserError already says.
+    They are queued until :func:`serve_logs` (or another ``poll``) hands them over.
+    """
+    config: dict[str, Any] = {**client_config, "logger": librdkafka_logger("admin", max_level=logging.DEBUG)}
     try:
-        return AdminClient(dict(client_config))
+        return AdminClient(config)
     except (KafkaException, ValueError, TypeError) as exc:
         raise UserError(f"bad Kafka client setting: {exc}") from None
+
+
+def serve_logs(admin: AdminClient) -> None:
+    """Hand librdkafka's queued log lines to the Python logger now."""
+    admin.poll(0)
 
 
 def check_reachable(admin: AdminClient, bootstrap: str, timeout: float) -> int:
@@ -27,6 +39,7 @@ def check_reachable(admin: AdminClient, bootstrap: str, timeout: float) -> int:
     try:
         meta = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
+        serve_logs(admin)
         raise UserError(
             f"cannot reach Kafka at --bootstrap-servers {bootstrap} within {timeout:g}s: {exc.args[0].str()}"
         ) from None

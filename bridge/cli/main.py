@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from bridge import __version__
 from bridge.cli import run, state, tail, watch
 from bridge.errors import UserError
+from bridge.logging_setup import LOG_FORMATS, configure_logging
 
 PROG = "libvirt-kafka-bridge"
 
@@ -42,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="log verbosity (default: INFO for run, WARNING for the reading commands)")
+    parser.add_argument("--log-format", default=None, choices=LOG_FORMATS,
+                        help="text for people, json for log shippers: one JSON object per line, "
+                             "librdkafka's lines included (default: text); env BRIDGE_LOG_FORMAT")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (run, tail, state, watch):
         module.add_parser(sub)
@@ -56,15 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     level = args.log_level or ("INFO" if args.command == "run" else "WARNING")
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_format = args.log_format or os.environ.get("BRIDGE_LOG_FORMAT", "text")
+    if log_format not in LOG_FORMATS:
+        print(f"{PROG}: error: bad environment variable BRIDGE_LOG_FORMAT: {log_format!r} is not "
+              f"{' or '.join(LOG_FORMATS)}", file=sys.stderr)
+        return 2
+    configure_logging(level, log_format)
     try:
         status: int = args.execute(args)
     except UserError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        if log_format == "json":  # a log shipper reads stderr: the error is a log record too
+            logging.getLogger("bridge.cli").error("error: %s", exc)
+        else:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
