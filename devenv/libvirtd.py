@@ -154,8 +154,14 @@ class LibvirtHost:
         self._spawn_and_wait()
 
     def kill(self) -> None:
-        """SIGKILL libvirtd and leave it down (a crash); QEMU domains keep running. See :meth:`restart`."""
+        """SIGKILL libvirtd and leave it down (a crash); QEMU domains keep running. See :meth:`revive`."""
         self._stop_daemon(kill=True)
+
+    def revive(self) -> None:
+        """Start the daemon again after :meth:`kill`, on the same directories (an outage's end)."""
+        if self.running:
+            raise DevEnvError(f"libvirt host {self.name} is already running")
+        self._spawn_and_wait()
 
     def stop(self) -> None:
         """Destroy and undefine every QEMU domain (best effort), stop the daemon, kill stray QEMUs."""
