@@ -21,12 +21,14 @@ from typing import IO
 from bridge import __version__
 from bridge.agent.event_capture import EventCapture
 from bridge.agent.event_loop import LibvirtEventLoop
+from bridge.agent.http_server import MetricsServer
 from bridge.agent.libvirt_session import LibvirtSession
+from bridge.agent.metrics import AgentMetrics
 from bridge.agent.pipeline import Pipeline, PipelineConfig
 from bridge.agent.publisher import Publisher
 from bridge.agent.snapshot import SnapshotReader
 from bridge.agent.state_store import StateStore
-from bridge.agent.topics import admin_client, check_reachable, ensure_compacted_topics
+from bridge.agent.topics import admin_client, check_reachable, ensure_compacted_topics, serve_logs
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.version_clock import Clock, wall_clock_micros
 from bridge.errors import UserError
@@ -53,6 +55,8 @@ class AgentSettings:
     shutdown_timeout: float = 10.0
     max_events_per_domain: int = 1000
     kafka_connect_timeout: float = 10.0
+    metrics_address: tuple[str, int] | None = None
+    """Serve /metrics, /healthz and /readyz here (host, port); None: no HTTP endpoint."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,19 @@ class AgentStatus:
     libvirt_reconnects: int
     kafka_redeliveries: int
     kafka_last_error: str | None
+    events_received_by_id: dict[str, int] = field(default_factory=dict)
+    events_published_by_id: dict[str, int] = field(default_factory=dict)
+    events_coalesced: int = 0
+    records_by_kind: dict[str, int] = field(default_factory=dict)
+    resync_last_seconds: float | None = None
+    resync_last_completed_at: float | None = None
+    kafka_delivery_errors: int = 0
+    kafka_client_errors: int = 0
+    producer_queue: int = 0
+    last_version: int = 0
+    owned_domains: int = 0
+    handed_off_domains: int = 0
+    incoming_domains: int = 0
 
 
 class Agent:
@@ -91,12 +108,16 @@ class Agent:
         self._queue = WorkQueue(now, settings.max_events_per_domain)
         self._agent_info: AgentInfo | None = None
         self.final_status: AgentStatus | None = None
+        self.metrics = AgentMetrics(self.status, self._info_labels, now)
+        """This agent's Prometheus registry (``metrics.registry``), served on ``--metrics-address``."""
+        self._http: MetricsServer | None = None
 
     def start(self) -> None:
         """Connect everything and start publishing; UserError for anything the user must fix."""
         s = self.settings
         try:
             self._lock_state_dir()
+            self._start_http()
             self._store = StateStore(s.state_dir)
             self._prepare_kafka()
             codec = s.kafka.codec()
@@ -112,7 +133,7 @@ class Agent:
                 PipelineConfig(s.host_id, s.kafka.topic, s.kafka.hosts_topic, s.resync_interval,
                                s.heartbeat_interval),
                 self._queue, self._session, SnapshotReader(self._session, self._now), self._store,
-                self._publisher, codec, self._current_agent_info, self._now,
+                self._publisher, codec, self._current_agent_info, self._now, observer=self.metrics,
             )
             self._pipeline.start()
         except BaseException:
@@ -150,7 +171,8 @@ class Agent:
 
     def status(self) -> AgentStatus:
         pending, in_flight, oldest, elided = self._queue.stats()
-        p = self._pipeline.stats if self._pipeline else None
+        pipeline = self._pipeline
+        p = pipeline.stats if pipeline else None
         pub = self._publisher
         return AgentStatus(
             records=p.records if p else 0,
@@ -167,7 +189,45 @@ class Agent:
             libvirt_reconnects=self._session.reconnects if self._session else 0,
             kafka_redeliveries=pub.redelivered if pub else 0,
             kafka_last_error=pub.last_error if pub else None,
+            events_received_by_id=self._queue.events_received_by_id(),
+            events_published_by_id=dict(p.events_published_by_id) if p else {},
+            events_coalesced=p.events_coalesced if p else 0,
+            records_by_kind=dict(p.records_by_kind) if p else {},
+            resync_last_seconds=p.last_resync_seconds if p else None,
+            resync_last_completed_at=p.last_resync_completed_at if p else None,
+            kafka_delivery_errors=pub.delivery_errors if pub else 0,
+            kafka_client_errors=pub.client_errors if pub else 0,
+            producer_queue=pub.queue_depth() if pub else 0,
+            last_version=pipeline.clock.last if pipeline else 0,
+            owned_domains=p.owned_domains if p else 0,
+            handed_off_domains=p.handed_off_domains if p else 0,
+            incoming_domains=p.incoming_domains if p else 0,
         )
+
+    def health(self) -> tuple[bool, str]:
+        """``/healthz``: (True, "ok") while every thread of the agent is alive, else what is not."""
+        parts = {"pipeline": self._pipeline, "Kafka delivery": self._publisher, "libvirt reconnect": self._session,
+                 "libvirt event loop": self._loop}
+        if any(part is None for part in parts.values()):
+            return False, "not running (starting or stopped)"
+        dead = [name for name, part in parts.items() if part is not None and not part.alive]
+        if dead:
+            return False, f"thread(s) not running: {', '.join(dead)}"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        """``/readyz``: ready when libvirt is connected, Kafka reachable and the first resync published."""
+        session, publisher, pipeline = self._session, self._publisher, self._pipeline
+        if session is None or publisher is None or pipeline is None:
+            return False, "not running (starting or stopped)"
+        if not session.connected:
+            return False, f"libvirt not connected ({session.uri}); reconnecting"
+        problem = publisher.kafka_problem()
+        if problem is not None:
+            return False, problem
+        if pipeline.stats.resyncs_completed == 0:
+            return False, "first resync not yet published"
+        return True, "ready"
 
     def write_status(self) -> AgentStatus:
         """Log a progress line and write ``status.json`` in the state directory (atomically)."""
@@ -183,6 +243,23 @@ class Agent:
         os.replace(tmp, path)
         return st
 
+    def _info_labels(self) -> dict[str, str]:
+        info = self._agent_info
+        return {"version": __version__, "libvirt_version": info.libvirt_version if info else "",
+                "host": self.settings.host_id, "instance": self.instance_id}
+
+    def _start_http(self) -> None:
+        address = self.settings.metrics_address
+        if address is None:
+            return
+        server = MetricsServer(address, self.metrics.registry, self.health, self.readiness)
+        try:
+            server.start()
+        except OSError as exc:
+            host, port = address
+            raise UserError(f"--metrics-address {host}:{port} cannot be served: {exc.strerror or exc}") from None
+        self._http = server
+
     def _current_agent_info(self) -> AgentInfo:
         assert self._agent_info is not None
         return self._agent_info
@@ -194,15 +271,18 @@ class Agent:
     def _prepare_kafka(self) -> None:
         k = self.settings.kafka
         admin = admin_client(k.client_config())
-        brokers = check_reachable(admin, k.bootstrap_servers, self.settings.kafka_connect_timeout)
-        rf = self.settings.replication_factor or min(3, brokers)
-        # acks=all only protects what min.insync.replicas replicas hold: with RF 3, require 2 so
-        # losing one broker loses no acknowledged record (a stock broker defaults to 1).
-        extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
-        ensure_compacted_topics(
-            admin, {k.topic: self.settings.partitions, k.hosts_topic: min(3, self.settings.partitions)}, rf,
-            extra_config=extra, timeout=max(10.0, self.settings.kafka_connect_timeout),
-        )
+        try:
+            brokers = check_reachable(admin, k.bootstrap_servers, self.settings.kafka_connect_timeout)
+            rf = self.settings.replication_factor or min(3, brokers)
+            # acks=all only protects what min.insync.replicas replicas hold: with RF 3, require 2 so
+            # losing one broker loses no acknowledged record (a stock broker defaults to 1).
+            extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
+            ensure_compacted_topics(
+                admin, {k.topic: self.settings.partitions, k.hosts_topic: min(3, self.settings.partitions)}, rf,
+                extra_config=extra, timeout=max(10.0, self.settings.kafka_connect_timeout),
+            )
+        finally:
+            serve_logs(admin)
 
     def _lock_state_dir(self) -> None:
         d = self.settings.state_dir
@@ -220,6 +300,7 @@ class Agent:
 
     def _teardown(self) -> None:
         for stop in (
+            self._http.stop if self._http else None,
             self._pipeline.stop if self._pipeline else None,
             self._session.stop if self._session else None,
             self._loop.stop if self._loop else None,
@@ -231,7 +312,7 @@ class Agent:
                     stop()
                 except Exception:
                     log.exception("error while stopping")
-        self._pipeline = self._session = self._loop = self._publisher = None
+        self._pipeline = self._session = self._loop = self._publisher = self._http = None
         self._store = None
         if self._lock_file is not None:
             self._lock_file.close()

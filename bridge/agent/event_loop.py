@@ -83,6 +83,12 @@ class LibvirtEventLoop:
             self._started = False
             _PUMP.release()
 
+    @property
+    def alive(self) -> bool:
+        """Started, and the process's ``libvirt-event-loop`` thread is running."""
+        thread = _PUMP.thread
+        return self._started and thread is not None and thread.is_alive()
+
     def __enter__(self) -> LibvirtEventLoop:
         self.start()
         return self

@@ -104,6 +104,12 @@ class LibvirtSession:
     def connected(self) -> bool:
         return self._conn is not None
 
+    @property
+    def alive(self) -> bool:
+        """The ``libvirt-reconnect`` thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def mark_lost(self) -> None:
         """Report a dead connection noticed by a failing call (the close callback may lag)."""
         with self._lock:

@@ -23,7 +23,8 @@ import time
 import uuid as uuid_mod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import libvirt
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
@@ -36,7 +37,7 @@ from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.coalescer import Batch
 from bridge.core.inventory import ResyncTracker
-from bridge.core.ownership import Ownership, Verdict
+from bridge.core.ownership import Ownership, Role, Verdict
 from bridge.core.version_clock import Clock, VersionClock
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, HostStatus, RecordKind
 from bridge.serde import RecordCodec, cloud_events
@@ -68,6 +69,26 @@ class PipelineStats:
     resyncs_completed: int = 0
     events_published: int = 0
     events_not_owned: int = 0
+    events_coalesced: int = 0
+    """Events that shared their record with an earlier event (a record of n events adds n - 1)."""
+    records_by_kind: dict[str, int] = field(default_factory=dict)
+    events_published_by_id: dict[str, int] = field(default_factory=dict)
+    last_resync_seconds: float | None = None
+    """The latest completed resync, from its ``listed_at`` to its inventory."""
+    last_resync_completed_at: float | None = None
+    """Seconds since the epoch."""
+    owned_domains: int = 0
+    """Domains in the latest inventory."""
+    handed_off_domains: int = 0
+    incoming_domains: int = 0
+
+
+class PipelineObserver(Protocol):
+    """Where latencies are observed (the agent's metrics); called from the pipeline's threads."""
+
+    def snapshot_read(self, seconds: float) -> None: ...
+
+    def record_acked(self, record: DomainRecord) -> None: ...
 
 
 class Pipeline:
@@ -84,6 +105,7 @@ class Pipeline:
         codec: RecordCodec,
         agent_info: Callable[[], AgentInfo],
         now: Clock,
+        observer: PipelineObserver | None = None,
     ) -> None:
         self._cfg = config
         self._queue = queue
@@ -109,6 +131,8 @@ class Pipeline:
         self._next_resync = 0.0
         self._next_heartbeat = 0.0
         self.stats = PipelineStats()
+        self._observer = observer
+        self._count_roles(self.ownership.remembered())
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -116,6 +140,12 @@ class Pipeline:
         self._resync_requested.set()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """The ``pipeline`` thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def request_resync(self) -> None:
         """Resync soon (after a reconnect); safe from any thread."""
@@ -213,10 +243,14 @@ class Pipeline:
             self._publish(record, batch.resync_id)
 
     def _read(self, uuid: str) -> DomainSnapshot | Exception | None:
+        started = time.monotonic()
         try:
             return self._reader.read(uuid)
         except (ConnectionLost, libvirt.libvirtError) as exc:
             return exc
+        finally:
+            if self._observer is not None:
+                self._observer.snapshot_read(time.monotonic() - started)
 
     def _prepare(self, batch: Batch, snap: DomainSnapshot | None) -> tuple[Batch, DomainSnapshot | None] | None:
         """Complete the snapshot read of an owned batch; None when nothing is to be published."""
@@ -329,7 +363,17 @@ class Pipeline:
             self.stats.deleted += 1
         self.stats.records += 1
         self.stats.events_published += len(record.events)
-        self._publisher.publish(messages, lambda: self._queue.done(record.uuid, resync_id))
+        self.stats.events_coalesced += max(0, len(record.events) - 1)
+        by_kind, by_id = self.stats.records_by_kind, self.stats.events_published_by_id
+        by_kind[record.kind.value] = by_kind.get(record.kind.value, 0) + 1
+        for event in record.events:
+            by_id[event.id] = by_id.get(event.id, 0) + 1
+        self._publisher.publish(messages, lambda: self._acked(record, resync_id))
+
+    def _acked(self, record: DomainRecord, resync_id: str | None) -> None:
+        self._queue.done(record.uuid, resync_id)
+        if self._observer is not None:
+            self._observer.record_acked(record)
 
     # -- resync and host records ----------------------------------------------------------------------
 
@@ -388,6 +432,10 @@ class Pipeline:
             heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000),
         )
         self.stats.resyncs_completed += 1
+        now = self._now()
+        self.stats.last_resync_seconds = max(0.0, (now - tracker.listed_at) / 1e6)
+        self.stats.last_resync_completed_at = now / 1e6
+        self.stats.owned_domains = len(self._inventory.domains)
         log.info("resync %s complete: %d domains in the inventory", tracker.resync_id[:8],
                  len(self._inventory.domains))
         self._next_heartbeat = time.monotonic() + self._cfg.heartbeat_interval
@@ -411,8 +459,15 @@ class Pipeline:
 
     def _save_ownership_roles(self) -> None:
         if self.ownership.generation != self._roles_generation:
-            self._store.save_ownership_roles(self.ownership.remembered())
+            roles = self.ownership.remembered()
+            self._store.save_ownership_roles(roles)
             self._roles_generation = self.ownership.generation
+            self._count_roles(roles)
+
+    def _count_roles(self, roles: dict[str, str]) -> None:
+        values = list(roles.values())
+        self.stats.handed_off_domains = values.count(Role.HANDED_OFF.value)
+        self.stats.incoming_domains = values.count(Role.INCOMING.value)
 
 
 

@@ -100,6 +100,13 @@ class Publisher:
         self._last_error: str | None = None
         self.delivered = 0
         self.redelivered = 0
+        self.delivery_errors = 0
+        """Failed deliveries of single messages (each is produced again)."""
+        self.client_errors = 0
+        """Client-level errors reported by librdkafka (e.g. all brokers down)."""
+        self._all_brokers_down = False
+        self._last_delivery_ok = True
+        self._last_delivery_error: str | None = None
 
     def start(self) -> None:
         try:
@@ -128,6 +135,25 @@ class Publisher:
         with self._lock:
             oldest = min((s.produced_at for s in self._in_flight.values()), default=None)
         return 0.0 if oldest is None else time.monotonic() - oldest
+
+    def queue_depth(self) -> int:
+        """Messages in librdkafka's queue: produced, not yet acknowledged (``len(producer)``)."""
+        producer = self._producer
+        return len(producer) if producer is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        """The delivery thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def kafka_problem(self) -> str | None:
+        """Why Kafka looks unreachable now (all brokers down, or the latest delivery failed), or None."""
+        if self._all_brokers_down:
+            return f"all Kafka brokers are down: {self._last_error}"
+        if not self._last_delivery_ok:
+            return f"the latest Kafka delivery failed: {self._last_delivery_error}"
+        return None
 
     @property
     def last_error(self) -> str | None:
@@ -175,8 +201,13 @@ class Publisher:
             seq.outstanding -= 1
             if err is None:
                 seq.acked += 1
+                self._last_delivery_ok = True
+                self._all_brokers_down = False
             else:
                 seq.failed = True
+                self.delivery_errors += 1
+                self._last_delivery_ok = False
+                self._last_delivery_error = err.str()
             if seq.outstanding:
                 done = False
             elif seq.failed:
@@ -210,6 +241,9 @@ class Publisher:
 
     def _on_error(self, err: KafkaError) -> None:
         self._last_error = err.str()
+        self.client_errors += 1
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._all_brokers_down = True
         if err.fatal():
             log.error("Kafka producer fatal error: %s", err.str())
         else:

@@ -25,13 +25,20 @@ class WorkQueue:
         self._acks: deque[tuple[str, str]] = deque()
         self._wakeups = 0
         self.events_received = 0
+        self._received_by_id: dict[str, int] = {}
 
     def add_event(self, uuid: str, name: str, event: DomainEvent) -> None:
         """The event sink for :class:`~bridge.agent.event_capture.EventCapture`."""
         with self._cond:
             self._coalescer.add(uuid, event, name)
             self.events_received += 1
+            self._received_by_id[event.id] = self._received_by_id.get(event.id, 0) + 1
             self._cond.notify()
+
+    def events_received_by_id(self) -> dict[str, int]:
+        """Events received so far, by libvirt event id (``LIFECYCLE``, ``REBOOT``, ...)."""
+        with self._cond:
+            return dict(self._received_by_id)
 
     def request_resync(self, uuids: list[str], resync_id: str) -> None:
         with self._cond:

@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 from bridge.agent.agent import Agent, AgentSettings
+from bridge.agent.http_server import parse_address
 from bridge.agent.publisher import producer_config
 from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_bool, parse_duration, parse_positive_int, resolve
@@ -45,6 +46,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DURATION"),
     Option("status_interval", "how often to log a progress line and write status.json", 30.0,
            parse_duration, metavar="DURATION"),
+    Option("metrics_address", "serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, e.g. "
+           "127.0.0.1:9731, or :9731 on every address (default: off)", None, parse_address,
+           metavar="HOST:PORT"),
 )
 
 DESCRIPTION = """\
@@ -84,7 +88,7 @@ def settings_from(values: dict[str, Any]) -> AgentSettings:
         heartbeat_interval=values["heartbeat_interval"], partitions=values["partitions"],
         replication_factor=values["replication_factor"], shutdown_timeout=values["shutdown_timeout"],
         max_events_per_domain=values["max_events_per_domain"],
-        kafka_connect_timeout=values["kafka_connect_timeout"],
+        kafka_connect_timeout=values["kafka_connect_timeout"], metrics_address=values["metrics_address"],
     )
 
 
