@@ -55,6 +55,14 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true or false)")
 
 
+def parse_secret_key_values(text: str) -> dict[str, str]:
+    """:func:`parse_key_values` for settings that may hold secrets: an error never echoes the text."""
+    try:
+        return parse_key_values(text)
+    except ValueError:
+        raise ValueError("an item is not key=value (the text is not shown: it may hold a secret)") from None
+
+
 def parse_key_values(text: str) -> dict[str, str]:
     """``key=value`` pairs separated by commas or newlines (librdkafka settings)."""
     out: dict[str, str] = {}
@@ -80,6 +88,14 @@ class Option:
     metavar: str | None = None
     repeatable_kv: bool = False
     """For librdkafka pass-through: ``--kafka-config k=v`` may repeat and the values merge."""
+    table: str | None = None
+    """For a repeatable_kv option: the config file's table of its keys (``kafka_config``: ``[kafka]``)."""
+
+    @property
+    def file_table(self) -> str | None:
+        if self.table is not None:
+            return self.table
+        return "kafka" if self.name == "kafka_config" else None
 
     @property
     def flag(self) -> str:
@@ -120,7 +136,8 @@ def resolve(
     config_path = getattr(args, "config", None) or env.get("BRIDGE_CONFIG")
     file_values = _read_toml(Path(config_path)) if config_path else {}
     known = {o.name for o in options}
-    unknown = sorted(set(file_values) - known - {"kafka"})
+    tables = {o.file_table for o in options if o.repeatable_kv and o.file_table} | {"kafka"}
+    unknown = sorted(set(file_values) - known - tables)
     if unknown:
         raise UserError(f"config file {config_path}: unknown setting(s) {', '.join(unknown)}")
     out: dict[str, Any] = {}
@@ -139,12 +156,13 @@ def _resolve_one(
     flag_value = getattr(args, opt.name, None)
     if opt.repeatable_kv:
         merged: dict[str, str] = {}
-        table = file_values.get("kafka") if opt.name == "kafka_config" else None
+        table = file_values.get(opt.file_table) if opt.file_table else None
         if isinstance(table, dict):
             merged.update({str(k): str(v) for k, v in table.items()})
+        parse = opt.parse if opt.parse is not str else parse_key_values
         for source, text in _kv_sources(opt, file_values, env, flag_value, config_path):
             try:
-                merged.update(parse_key_values(text))
+                merged.update(parse(text))
             except ValueError as exc:
                 raise UserError(f"{opt.name} from {source}: {exc}") from None
         return merged

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.errors import UserError
 from bridge.serde import RecordCodec
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -19,6 +20,8 @@ class KafkaSettings:
     hosts_topic: str = "libvirt.hosts"
     kafka_config: dict[str, str] = field(default_factory=dict)
     schema_registry_url: str | None = None
+    schema_registry_config: dict[str, str] = field(default_factory=dict, repr=False)
+    """SchemaRegistryClient settings (``basic.auth.user.info``, ``ssl.*``…); kept out of repr: secrets."""
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> KafkaSettings:
@@ -28,6 +31,7 @@ class KafkaSettings:
             hosts_topic=values["hosts_topic"],
             kafka_config=dict(values.get("kafka_config") or {}),
             schema_registry_url=values.get("schema_registry_url"),
+            schema_registry_config=dict(values.get("schema_registry_config") or {}),
         )
 
     def client_config(self) -> dict[str, str]:
@@ -35,10 +39,16 @@ class KafkaSettings:
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_config}
 
     def codec(self) -> RecordCodec:
-        """The record codec for these settings (registry client when a URL is set)."""
+        """The record codec for these settings (registry client when a URL is set).
+
+        With a registry URL this makes one request to the registry first: UserError (naming the setting)
+        when it is unreachable or refuses the credentials, so start-up fails before anything runs.
+        """
         registry = None
         if self.schema_registry_url:
-            from bridge.serde.confluent_wire import registry_client  # noqa: PLC0415
+            from bridge.serde.confluent_wire import connect_registry  # noqa: PLC0415
 
-            registry = registry_client(self.schema_registry_url)
+            registry = connect_registry(self.schema_registry_url, self.schema_registry_config)
+        elif self.schema_registry_config:
+            raise UserError("--schema-registry-config is set but --schema-registry-url is not")
         return RecordCodec(registry, self.topic, self.hosts_topic)

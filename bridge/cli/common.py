@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.config import Option, parse_key_values
+from bridge.config import Option, parse_key_values, parse_secret_key_values
 from bridge.kafka_settings import DEFAULT_BOOTSTRAP
 
 __all__ = ["KAFKA_OPTIONS"]
@@ -19,4 +19,7 @@ KAFKA_OPTIONS: tuple[Option, ...] = (
            metavar="KEY=VALUE", repeatable_kv=True),
     Option("schema_registry_url", "write the Confluent wire format with this Schema Registry "
            "instead of Avro single-object encoding", None, metavar="URL"),
+    Option("schema_registry_config", "Schema Registry client setting, e.g. basic.auth.user.info=USER:PASSWORD "
+           "or ssl.ca.location=FILE; repeatable, or a [schema_registry] table in the config file", None,
+           parse_secret_key_values, metavar="KEY=VALUE", repeatable_kv=True, table="schema_registry"),
 )

@@ -2,14 +2,21 @@
 
 Used when a registry URL is configured. ``confluent_kafka.schema_registry`` (the ``registry`` extra)
 talks to the registry; ``mock://`` URLs give an in-process registry for tests.
+
+Client settings (``--schema-registry-config KEY=VALUE``, a ``[schema_registry]`` table) are
+SchemaRegistryClient's own keys: ``basic.auth.user.info`` (``user:password``), ``ssl.ca.location``,
+``ssl.certificate.location``, ``ssl.key.location``, ``timeout``, ``max.retries``, ``bearer.auth.*``…
+Secrets among them never appear in an error message.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import fastavro
 
@@ -19,9 +26,29 @@ from bridge.serde.schema_files import parse_plain
 MAGIC = b"\x00"
 HEADER_LEN = 5
 
+URL_SETTING = "--schema-registry-url"
+CONFIG_SETTING = "--schema-registry-config"
+_CONFIG_PLACES = f"{CONFIG_SETTING} (or BRIDGE_SCHEMA_REGISTRY_CONFIG, or the config file's [schema_registry] table)"
+
+# SchemaRegistryClient wants numbers for these; settings arrive as text.
+_INT_KEYS = frozenset({"max.retries", "retries.wait.ms", "retries.max.wait.ms", "cache.capacity"})
+_FLOAT_KEYS = frozenset({"timeout", "cache.latest.ttl.sec"})
+# Values never shown: whole, and (for user:password) the password alone.
+_SECRET_KEYS = frozenset({
+    "basic.auth.user.info", "ssl.key.password", "bearer.auth.token", "bearer.auth.client.secret",
+})
+_PATH_KEYS = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location")
+# The Java client's key; the Python client takes the credentials from basic.auth.user.info or the URL.
+_CREDENTIALS_SOURCE = "basic.auth.credentials.source"
+
 
 def registry_client(url: str, config: Mapping[str, str] | None = None) -> Any:
-    """A SchemaRegistryClient for ``url`` (plus client settings such as basic auth)."""
+    """A SchemaRegistryClient for ``url`` (plus client settings such as basic auth).
+
+    ``url`` may be a comma-separated list and may carry ``user:password@``; those credentials become
+    ``basic.auth.user.info``, so no URL holding a password reaches the HTTP layer or its logs.
+    Raises UserError for a setting the client refuses, naming it without its value.
+    """
     try:
         from confluent_kafka.schema_registry import SchemaRegistryClient  # noqa: PLC0415
     except ImportError as exc:  # the extra is optional
@@ -29,7 +56,121 @@ def registry_client(url: str, config: Mapping[str, str] | None = None) -> Any:
             "a schema registry URL is set but confluent-kafka's schema registry support is not installed "
             "(pip install 'libvirt-kafka-bridge[registry]')"
         ) from exc
-    return SchemaRegistryClient.new_client({"url": url, **(config or {})})
+    conf = client_config(url, config)
+    try:
+        return SchemaRegistryClient.new_client(conf)
+    except (ValueError, TypeError, OSError) as exc:
+        # Unknown keys, malformed user:password, unreadable certificate or key files.
+        raise UserError(f"bad {CONFIG_SETTING}: {redact(str(exc) or type(exc).__name__, conf)}") from None
+
+
+def client_config(url: str, config: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """SchemaRegistryClient's config dict for ``url`` and the string-valued ``config``."""
+    conf: dict[str, Any] = {}
+    for key, value in (config or {}).items():
+        if key in _INT_KEYS or key in _FLOAT_KEYS:
+            try:
+                conf[key] = int(value) if key in _INT_KEYS else float(value)
+            except ValueError:
+                kind = "a whole number" if key in _INT_KEYS else "a number"
+                raise UserError(f"bad {CONFIG_SETTING} {key}: {value!r} is not {kind}") from None
+        else:
+            conf[key] = value
+    plain_url, userinfo = _split_userinfo(url)
+    source = conf.pop(_CREDENTIALS_SOURCE, None)
+    if source is not None and str(source).upper() not in ("USER_INFO", "URL"):
+        raise UserError(f"bad {CONFIG_SETTING} {_CREDENTIALS_SOURCE}={source}: only USER_INFO "
+                        "(basic.auth.user.info) and URL (user:password@ in the URL) are supported")
+    if userinfo is not None:
+        if "basic.auth.user.info" in conf:
+            raise UserError(f"credentials both in {URL_SETTING} and in {CONFIG_SETTING} basic.auth.user.info: "
+                            "give them once")
+        conf["basic.auth.user.info"] = userinfo
+    for key in _PATH_KEYS:
+        path = conf.get(key)
+        if path and not os.path.exists(path):
+            raise UserError(f"bad {CONFIG_SETTING} {key}: {path} does not exist")
+    info = conf.get("basic.auth.user.info")
+    if info is not None and ":" not in str(info):
+        raise UserError(f"bad {CONFIG_SETTING} basic.auth.user.info: must be user:password (value not shown)")
+    conf["url"] = plain_url
+    return conf
+
+
+def connect_registry(url: str, config: Mapping[str, str] | None = None) -> Any:
+    """:func:`registry_client`, then one request to prove the registry is there and takes the credentials.
+
+    Raises UserError with one line naming the setting to fix: the registry is unreachable, refuses the
+    credentials, or is not a Confluent-compatible API at that URL.
+    """
+    conf = client_config(url, config)
+    client = registry_client(url, config)
+    shown = conf["url"]
+    try:
+        client.get_subjects()
+    except Exception as exc:  # transport errors come from httpx (or httpx2), whose classes vary
+        raise _startup_error(exc, shown, conf) from None
+    return client
+
+
+def _startup_error(exc: Exception, shown_url: str, conf: Mapping[str, Any]) -> UserError:
+    from confluent_kafka.schema_registry.error import SchemaRegistryError  # noqa: PLC0415
+
+    status = getattr(exc, "http_status_code", None) if isinstance(exc, SchemaRegistryError) else None
+    where = f"the schema registry at {shown_url}"
+    if status == 401:
+        if "basic.auth.user.info" in conf or "bearer.auth.credentials.source" in conf:
+            return UserError(f"{where} refused the credentials (HTTP 401): check basic.auth.user.info "
+                             f"in {_CONFIG_PLACES}")
+        return UserError(f"{where} requires credentials (HTTP 401): set basic.auth.user.info=USER:PASSWORD "
+                         f"with {_CONFIG_PLACES}")
+    if status == 403:
+        return UserError(f"{where} denied these credentials access (HTTP 403): check basic.auth.user.info "
+                         f"in {_CONFIG_PLACES}")
+    if status is not None:
+        message = getattr(exc, "error_message", None)
+        said = f" ({redact(str(message), conf)})" if message else ""
+        return UserError(f"{where} answered HTTP {status} to GET /subjects{said}: is {URL_SETTING} the base URL "
+                         f"of a Confluent-compatible API (for Apicurio Registry: .../apis/ccompat/v7)?")
+    detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, conf)
+    return UserError(f"cannot reach {where} ({URL_SETTING}): {detail}")
+
+
+def redact(text: str, conf: Mapping[str, Any]) -> str:
+    """``text`` with every secret value of ``conf`` (and each password part of user:password) masked."""
+    secrets: set[str] = set()
+    for key in _SECRET_KEYS:
+        value = conf.get(key)
+        if isinstance(value, str) and value:
+            secrets.add(value)
+            if key == "basic.auth.user.info" and ":" in value:
+                password = value.split(":", 1)[1]
+                if password:
+                    secrets.update({password, quote(password, safe="")})
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None]:
+    """``url`` (comma-separated) without ``user:password@``, and the first URL's ``user:password``."""
+    plain: list[str] = []
+    userinfo: str | None = None
+    for raw in url.split(","):
+        part = raw.strip()
+        try:
+            split = urlsplit(part)
+            has_userinfo = split.username is not None or split.password is not None
+        except ValueError:
+            raise UserError(f"bad {URL_SETTING}: a URL in it cannot be parsed") from None
+        if not has_userinfo:
+            plain.append(part)
+            continue
+        if userinfo is None:
+            userinfo = f"{unquote(split.username or '')}:{unquote(split.password or '')}"
+        host = split.netloc.rpartition("@")[2]
+        plain.append(urlunsplit((split.scheme, host, split.path, split.query, split.fragment)))
+    return ",".join(plain), userinfo
 
 
 class ConfluentSerializer:

@@ -9,6 +9,8 @@ CACHE="$REPO/.cache"
 VENV="$REPO/.venv"
 KAFKA_POM="$REPO/deploy/dev/kafka/pom.xml"
 KAFKA_LIBS="${BRIDGE_KAFKA_LIBS:-$CACHE/kafka-libs}"
+REGISTRY_POM="$REPO/deploy/dev/registry/pom.xml"
+REGISTRY_DIR="${BRIDGE_REGISTRY_DIR:-$CACHE/apicurio-registry}"
 PYTHON="${PYTHON:-python3}"
 
 APT_PACKAGES=(
@@ -145,9 +147,30 @@ java_tools() {
     log "java tools ok"
 }
 
+registry_dist() {
+    # Apicurio Registry (Confluent-compatible Schema Registry) for the Confluent wire-format tests.
+    local stamp="$REGISTRY_DIR/.pom.sha256" want
+    want=$(sha256sum "$REGISTRY_POM" | cut -d' ' -f1)
+    if [[ -f "$stamp" && $(cat "$stamp") == "$want" ]] && compgen -G "$REGISTRY_DIR/apicurio-registry-app-*-runner.jar" >/dev/null; then
+        log "schema registry ok"
+        return
+    fi
+    log "resolving the schema registry (Apicurio) with maven into $REGISTRY_DIR"
+    rm -rf "$REGISTRY_DIR"
+    if ! mvn -B -Dstyle.color=never -f "$REGISTRY_POM" -Dregistry.dir="$REGISTRY_DIR" >"$CACHE/mvn-registry.log" 2>&1; then
+        tail -n 40 "$CACHE/mvn-registry.log" >&2
+        die "maven could not resolve the schema registry (full log: $CACHE/mvn-registry.log)"
+    fi
+    compgen -G "$REGISTRY_DIR/apicurio-registry-app-*-runner.jar" >/dev/null \
+        || die "maven ran but no apicurio-registry-app runner jar in $REGISTRY_DIR"
+    echo "$want" >"$stamp"
+    log "schema registry ok ($(du -sh "$REGISTRY_DIR" | cut -f1))"
+}
+
 apt_packages
 libvirt_qemu_user
 python_venv
 kafka_jars
+registry_dist
 java_tools
 log "done"
