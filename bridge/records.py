@@ -28,6 +28,8 @@ class HostStatus(enum.StrEnum):
 
     UP = "UP"
     STOPPING = "STOPPING"
+    LIBVIRT_UNREACHABLE = "LIBVIRT_UNREACHABLE"
+    """The agent runs but cannot reach libvirt: the host's domains are unknown, not gone."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,6 +122,7 @@ class Pipeline:
         self._tracker: ResyncTracker | None = None
         self._host_in_flight = threading.Event()
         self._published_resync_id: str | None = None
+        self._announced_status: HostStatus | None = None
         self._inventory: HostRecord | None = None
         self._resync_requested = threading.Event()
         self._stop = threading.Event()
@@ -194,15 +195,18 @@ class Pipeline:
             return
         self._handle_acks()
         if not self._session.connected:
+            # Unreachable is not gone: keep heartbeating the last inventory, flagged, so consumers keep
+            # this host's domains (flagged unknown) rather than read the silence as an answer.
+            if not draining:
+                self._heartbeat(HostStatus.LIBVIRT_UNREACHABLE)
             self._stop.wait(0.1)
             return
         now = time.monotonic()
         if not draining and (self._resync_requested.is_set() or now >= self._next_resync):
             self._resync_requested.clear()
             self._start_resync()
-        if not draining and now >= self._next_heartbeat:
-            self._next_heartbeat = now + self._cfg.heartbeat_interval
-            self._publish_host(HostStatus.UP)
+        if not draining:
+            self._heartbeat(HostStatus.UP)
         wait = max(0.0, min(self._next_resync, self._next_heartbeat) - time.monotonic())
         batches = self._queue.take(self._cfg.batch_size, timeout=min(wait, 0.5))
         if batches:
@@ -441,21 +445,37 @@ class Pipeline:
         self._next_heartbeat = time.monotonic() + self._cfg.heartbeat_interval
         self._publish_host(HostStatus.UP)
 
-    def _publish_host(self, status: HostStatus) -> None:
+    def _heartbeat(self, status: HostStatus) -> None:
+        """Publish the HostRecord when due, and at once when ``status`` differs from the last one sent."""
+        now = time.monotonic()
+        changed = status is not self._announced_status
+        if not changed and now < self._next_heartbeat:
+            return
+        if self._publish_host(status) or not changed:
+            self._next_heartbeat = now + self._cfg.heartbeat_interval
+        else:
+            self._next_heartbeat = now + min(0.2, self._cfg.heartbeat_interval)  # the change waits for the ack
+
+    def _publish_host(self, status: HostStatus) -> bool:
+        """Produce the HostRecord with ``status``; False if held back behind the one in flight."""
         # One heartbeat in flight at most: during a Kafka outage they must not pile up in the
         # producer's queue (memory stays bounded by the number of domains, not the outage's length).
+        # A new inventory and STOPPING are not held back.
         base = self._inventory or HostRecord(
             host=self._cfg.host, agent=self._agent_info(), heartbeat_at=0,
             heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000),
         )
-        if self._host_in_flight.is_set() and status is HostStatus.UP and base.resync_id == self._published_resync_id:
-            return
+        if (self._host_in_flight.is_set() and status is not HostStatus.STOPPING
+                and base.resync_id == self._published_resync_id):
+            return False
         record = replace(base, agent=self._agent_info(), heartbeat_at=self._now(), status=status)
         msg = Message(self._cfg.hosts_topic, self._cfg.host.encode(), self._codec.encode_host(record),
                       cloud_events.host_headers(record))
         self._host_in_flight.set()
         self._published_resync_id = base.resync_id
+        self._announced_status = status
         self._publisher.publish([msg], self._host_in_flight.clear)
+        return True
 
     def _save_ownership_roles(self) -> None:
         if self.ownership.generation != self._roles_generation:

@@ -69,7 +69,7 @@ def execute(args: argparse.Namespace) -> int:
         informer.stop()
     records = [r for r in snapshot.records() if matches(r, args.host, args.state)]
     if args.output == "json":
-        json.dump([domain_json(r, snapshot.is_stale(r.uuid)) for r in records], sys.stdout, indent=2)
+        json.dump([domain_json(r, snapshot.unknown_reason(r.uuid)) for r in records], sys.stdout, indent=2)
         print()
     else:
         print_table(records, snapshot, snapshot.taken_at)
@@ -102,8 +102,8 @@ def matches(record: DomainRecord, hosts: Sequence[str] | None, states: Sequence[
     return (not hosts or record.host in hosts) and (not states or (record.state or "") in states)
 
 
-def domain_json(record: DomainRecord, stale: bool) -> dict[str, Any]:
-    """One domain as a JSON object (the ``--output json`` element)."""
+def domain_json(record: DomainRecord, unknown: str | None) -> dict[str, Any]:
+    """One domain as a JSON object (the ``--output json`` element); ``unknown`` is why its state is unknown."""
     return {
         "uuid": record.uuid,
         "name": record.name,
@@ -116,14 +116,16 @@ def domain_json(record: DomainRecord, stale: bool) -> dict[str, Any]:
         "kind": record.kind.value,
         "observed_at": iso_time(record.observed_at),
         "events_elided": record.events_elided,
-        "stale": stale,
+        "stale": unknown == "stale",
+        "unknown": unknown is not None,
+        "unknown_reason": unknown,
     }
 
 
 def print_table(records: Iterable[DomainRecord], snapshot: Snapshot, now: int) -> None:
-    header = ("HOST", "NAME", "UUID", "STATE", "REASON", "VERSION", "AGE", "STALE")
+    header = ("HOST", "NAME", "UUID", "STATE", "REASON", "VERSION", "AGE", "UNKNOWN")
     rows = [(r.host, r.name, r.uuid, r.state or "-", r.reason or "-", str(r.version),
-             age(now - r.observed_at), "yes" if snapshot.is_stale(r.uuid) else "")
+             age(now - r.observed_at), snapshot.unknown_reason(r.uuid) or "")
             for r in records]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     for row in (header, *rows):

@@ -100,8 +100,8 @@ class _Printer:
     def _list(self, informer: Informer) -> Watch:
         snapshot = informer.list()
         for record in snapshot.records():
-            stale = snapshot.is_stale(record.uuid)
-            self._emit("LISTED", record, "stale host" if stale else "", stale)
+            unknown = snapshot.unknown_reason(record.uuid)
+            self._emit("LISTED", record, f"{unknown} host" if unknown else "", unknown)
         return informer.watch_from(snapshot.position)
 
     def _change(self, change: Change, informer: Informer) -> None:
@@ -110,13 +110,13 @@ class _Printer:
             detail = _CAUSES.get(change.cause, change.cause.value)
         else:
             detail = _events(change.new) if change.new is not None else ""
-        self._emit(change.type.value, record, detail, record.host in informer.stale_hosts())
+        self._emit(change.type.value, record, detail, _unknown_reason(record.host, informer))
 
-    def _emit(self, event: str, record: DomainRecord, detail: str, stale: bool) -> None:
+    def _emit(self, event: str, record: DomainRecord, detail: str, unknown: str | None) -> None:
         if not matches(record, self._hosts, self._states):
             return
         if self._json:
-            print(json.dumps({"event": event, "detail": detail, "domain": domain_json(record, stale)}),
+            print(json.dumps({"event": event, "detail": detail, "domain": domain_json(record, unknown)}),
                   flush=True)
             return
         self._line([event, record.host, record.name, record.uuid, record.state or "-", record.reason or "-",
@@ -126,6 +126,12 @@ class _Printer:
     def _line(cells: list[str]) -> None:
         text = " ".join(cell.ljust(width) for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
         print(text.rstrip(), flush=True)
+
+
+def _unknown_reason(host: str, informer: Informer) -> str | None:
+    if host in informer.stale_hosts():
+        return "stale"
+    return "libvirt unreachable" if host in informer.unreachable_hosts() else None
 
 
 def _events(record: DomainRecord) -> str:

@@ -322,6 +322,7 @@ class Informer:
                 taken_at=now,
                 synced=self._synced,
                 stale_hosts=self._store.stale_hosts(now),
+                unreachable_hosts=self._store.unreachable_hosts(),
                 deleted=self._store.graveyard(),
             )
 
@@ -335,6 +336,11 @@ class Informer:
         now = self._clock()
         with self._cond:
             return self._store.stale_hosts(now)
+
+    def unreachable_hosts(self) -> frozenset[str]:
+        """Hosts whose agents say they cannot reach libvirt (``LIBVIRT_UNREACHABLE``)."""
+        with self._cond:
+            return self._store.unreachable_hosts()
 
     # -- delivery ----------------------------------------------------------------------------------
 

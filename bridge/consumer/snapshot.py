@@ -23,8 +23,11 @@ class Snapshot:
     """Every domain in the view at ``position`` (the ``resourceVersion`` a watch can resume from).
 
     ``stale_hosts`` were judged at ``taken_at`` (microseconds since the epoch): their domains' state
-    may be outdated, since those agents stopped reporting. ``deleted`` is the graveyard (uuid -> the
-    highest version seen for a domain no longer in the view); a resumed informer needs it.
+    may be outdated, since those agents stopped reporting. ``unreachable_hosts`` said
+    ``LIBVIRT_UNREACHABLE`` in their latest HostRecord: their agents run but cannot see libvirt. The
+    domains of both are *unknown*: kept in the view, flagged, never deleted for it. ``deleted`` is the
+    graveyard (uuid -> the highest version seen for a domain no longer in the view); a resumed
+    informer needs it.
     """
 
     domains: Mapping[str, DomainRecord]
@@ -33,6 +36,7 @@ class Snapshot:
     taken_at: int
     synced: bool
     stale_hosts: frozenset[str] = frozenset()
+    unreachable_hosts: frozenset[str] = frozenset()
     deleted: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -48,6 +52,21 @@ class Snapshot:
         """True if the domain's host had stopped heartbeating when the snapshot was taken."""
         record = self.domains.get(uuid)
         return record is not None and record.host in self.stale_hosts
+
+    def unknown_reason(self, uuid: str) -> str | None:
+        """Why the domain's state is unknown (``"stale"``, ``"libvirt unreachable"``), or None if it is known."""
+        record = self.domains.get(uuid)
+        if record is None:
+            return None
+        if record.host in self.stale_hosts:
+            return "stale"
+        if record.host in self.unreachable_hosts:
+            return "libvirt unreachable"
+        return None
+
+    def is_unknown(self, uuid: str) -> bool:
+        """True if the domain is in the view but its host cannot vouch for its state right now."""
+        return self.unknown_reason(uuid) is not None
 
     def records(self) -> list[DomainRecord]:
         """The domains sorted by host, then name, then UUID."""
@@ -67,6 +86,7 @@ class Snapshot:
             "taken_at": self.taken_at,
             "synced": self.synced,
             "stale_hosts": sorted(self.stale_hosts),
+            "unreachable_hosts": sorted(self.unreachable_hosts),
             "domains": [r.to_avro() for r in self.domains.values()],
             "hosts": [h.to_avro() for h in self.hosts.values()],
             "deleted": dict(self.deleted),
@@ -86,6 +106,7 @@ class Snapshot:
                 taken_at=int(d["taken_at"]),
                 synced=bool(d["synced"]),
                 stale_hosts=frozenset(d["stale_hosts"]),
+                unreachable_hosts=frozenset(d.get("unreachable_hosts", ())),
                 deleted={str(k): int(v) for k, v in d["deleted"].items()},
             )
         except (KeyError, TypeError, AttributeError) as exc:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from bridge.consumer.changes import Change, ChangeCause, ChangeType
 from bridge.consumer.position import Offset
-from bridge.records import DomainRecord, HostRecord, RecordKind
+from bridge.records import DomainRecord, HostRecord, HostStatus, RecordKind
 
 DEFAULT_STALE_AFTER_INTERVALS = 3.0
 
@@ -198,6 +198,10 @@ class Store:
 
     def stale_hosts(self, now: int) -> frozenset[str]:
         return frozenset(h for h in self._hosts if self.is_host_stale(h, now))
+
+    def unreachable_hosts(self) -> frozenset[str]:
+        """Hosts whose latest HostRecord says ``LIBVIRT_UNREACHABLE``: their domains are unknown, kept."""
+        return frozenset(h for h, r in self._hosts.items() if r.status is HostStatus.LIBVIRT_UNREACHABLE)
 
     def is_stale(self, uuid: str, now: int) -> bool:
         """True if the domain is in the view and its host is stale (its state may be outdated)."""

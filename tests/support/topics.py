@@ -56,7 +56,8 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Raw]:
                 continue
             part, offset = msg.partition(), msg.offset()
             assert part is not None and offset is not None  # set on every consumed message
-            headers = tuple((k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in msg.headers() or ())
+            pairs = list(msg.headers() or [])  # the consumer hands over a list of (name, value) pairs
+            headers = tuple((str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in pairs)
             out.append(Raw(topic, part, offset, msg.key(), msg.value(), headers))
             pos[part] = offset + 1
         return sorted(out, key=lambda r: (r.partition, r.offset))
