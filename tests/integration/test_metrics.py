@@ -187,7 +187,7 @@ def test_readyz_is_503_while_libvirtd_is_down_and_200_after_it_returns(metrics_h
         assert http_get(port, "/healthz") == (200, "ok\n")  # the agent itself is fine: it reconnects
     finally:
         if not metrics_host.running:
-            metrics_host.start()
+            metrics_host.revive()
     wait_until(lambda: http_get(port, "/readyz") == (200, "ready\n"), timeout=90,
                what="/readyz to answer 200 after libvirtd returned")
     s = scrape(port)
