@@ -29,15 +29,16 @@ Read both topics from the beginning, rebuild every domain's current state the wa
 library does (newest version wins, deletes and tombstones remove, host inventories repair missed
 deletes), and print it. Needs only Kafka: libvirt is never contacted.
 
-STALE marks domains whose host stopped heartbeating (--stale-after intervals): their agent is not
-reporting, so their state may be outdated. They are never dropped from the view.
+UNKNOWN marks domains whose state their host cannot vouch for right now: "stale" when the host stopped
+heartbeating (--stale-after intervals), "libvirt unreachable" when its agent runs but cannot reach
+libvirt. They are never dropped from the view for it; only the host's next resync can remove them.
 """
 
 EPILOG = """\
 examples:
   libvirt-kafka-bridge state --bootstrap-servers kafka1:9092
   libvirt-kafka-bridge state --host hv01 --state running --state paused
-  libvirt-kafka-bridge state --output json | jq -r '.[] | select(.stale) | .name'
+  libvirt-kafka-bridge state --output json | jq -r '.[] | select(.unknown) | .name'
 """
 
 

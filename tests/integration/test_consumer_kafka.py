@@ -375,14 +375,15 @@ def test_state_json_and_table(topics: Topics, capsys: pytest.CaptureFixture[str]
         "uuid": a, "state": "RUNNING", "reason": "BOOTED", "active": True, "persistent": True,
         "version": v + 1, "stale": False}
     assert [r["stale"] for r in rows] == [False, False, True]
+    assert [r["unknown_reason"] for r in rows] == [None, None, "stale"]
 
     assert main(["state", *topics.cli_args(), "--output", "json", "--host", "hv1", "--state", "shutoff"]) == 0
     assert [r["uuid"] for r in json.loads(capsys.readouterr().out)] == [b]
 
     assert main(["state", *topics.cli_args()]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["HOST", "NAME", "UUID", "STATE", "REASON", "VERSION", "AGE", "STALE"]
-    assert lines[3].split()[:4] == ["hv2", "charlie", c, "RUNNING"] and lines[3].endswith("yes")
+    assert lines[0].split() == ["HOST", "NAME", "UUID", "STATE", "REASON", "VERSION", "AGE", "UNKNOWN"]
+    assert lines[3].split()[:4] == ["hv2", "charlie", c, "RUNNING"] and lines[3].endswith("stale")
 
 
 def test_state_reports_a_missing_topic_and_an_unreachable_cluster(
