@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_duration, parse_positive_int, resolve
 from bridge.errors import DecodeError, UserError
 from bridge.kafka_settings import KafkaSettings
+from bridge.logging_setup import librdkafka_logger
 from bridge.records import DomainRecord
 from bridge.serde import DomainTombstone, HostTombstone, MessageDecoder
 
@@ -61,7 +63,8 @@ def execute(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    consumer = Consumer({**kafka.client_config(), "group.id": "libvirt-kafka-bridge-tail",
+    consumer = Consumer({**kafka.client_config(), "logger": librdkafka_logger("tail", max_level=logging.DEBUG),
+                         "group.id": "libvirt-kafka-bridge-tail",
                          "enable.auto.commit": False, "enable.partition.eof": False})
     try:
         _assign(consumer, [kafka.topic, kafka.hosts_topic], args.from_beginning)

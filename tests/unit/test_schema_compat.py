@@ -50,7 +50,7 @@ def _same_or_appended_symbols(old, new):
         return old.keys() == new.keys() and all(
             k == "doc" or _same_or_appended_symbols(old[k], new[k]) for k in old)
     if isinstance(old, list) and isinstance(new, list):
-        return len(old) == len(new) and all(_same_or_appended_symbols(a, b) for a, b in zip(old, new))
+        return len(old) == len(new) and all(_same_or_appended_symbols(a, b) for a, b in zip(old, new, strict=True))
     return old == new
 
 
