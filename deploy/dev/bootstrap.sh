@@ -107,10 +107,11 @@ kafka_jars() {
 }
 
 java_tools() {
-    # The Java oracles (tests/java/oracle), built into .cache/java/<name>/ (<name>.jar + lib/) for the
-    # tests that run them with `java -jar`. Each pom takes -Dbridge.build.dir (default: its own target/).
+    # The Java oracles (tests/java/oracle) and the Kafka Streams example (examples/java/fleet-table),
+    # built into .cache/java/<name>/ (<name>.jar + lib/) for the tests that run them with `java -jar`.
+    # Each pom takes -Dbridge.build.dir (default: its own target/).
     local out="$CACHE/java" stamp want project name
-    local projects=("$REPO/tests/java/oracle")
+    local projects=("$REPO/tests/java/oracle" "$REPO/examples/java/fleet-table")
     stamp="$out/.sources.sha256"
     # Every file of every project (poms, sources, resources) but a stray target/ from a manual build.
     want=$(for project in "${projects[@]}"; do
