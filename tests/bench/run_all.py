@@ -21,6 +21,7 @@ from tests.bench import (
     BenchEnv,
     BenchResult,
     bench_agent_throughput,
+    bench_codec,
     bench_latency,
     bench_libvirt_raw,
     bench_rebuild,
@@ -31,7 +32,7 @@ from tests.bench import (
     write_results,
 )
 
-BENCHMARKS = (bench_libvirt_raw, bench_agent_throughput, bench_latency, bench_rebuild)
+BENCHMARKS = (bench_codec, bench_libvirt_raw, bench_agent_throughput, bench_latency, bench_rebuild)
 
 
 def main(argv: list[str] | None = None) -> int:
