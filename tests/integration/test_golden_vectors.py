@@ -100,7 +100,10 @@ def java_golden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
 
 @pytest.mark.parametrize(("name", "schema"), [("domain_record", domain_schema), ("host_record", host_schema)])
 def test_fingerprint_matches_avro_java(java_golden, name, schema):
-    """The 8 bytes after ``C3 01`` are Java's ``parsingFingerprint("CRC-64-AVRO", s)``, in its byte order."""
+    """The 8 bytes after ``C3 01`` are Java's ``parsingFingerprint("CRC-64-AVRO", s)``, in its byte order.
+
+    Avro's Java library is the independent oracle on purpose: it is the reference the spec is read by.
+    """
     java = next(v for v in java_golden.values() if Path(v["schema"]).stem == name)
     assert to_parsing_canonical_form(schema()) == java["canonical_form"], "parsing canonical forms differ"
     assert schema_fingerprint(schema()).hex() == java["fingerprint"]
@@ -118,6 +121,7 @@ def _ours(case: str) -> str:
 
 @pytest.mark.parametrize("case", CASES)
 def test_avro_java_decodes_our_encoding_to_the_same_datum(java_golden, case):
+    """Java's ``BinaryMessageDecoder``, knowing only the ``.avsc``, reads the bridge's bytes (independent oracle)."""
     java = java_golden[case]
     assert java["round_trip_equal"], "Java's decoder reads back what Java's encoder wrote"
     assert java["other_equal"], f"Java's BinaryMessageDecoder on the bridge's bytes: {java['other_error']}"
@@ -125,6 +129,7 @@ def test_avro_java_decodes_our_encoding_to_the_same_datum(java_golden, case):
 
 @pytest.mark.parametrize("case", [c for c in CASES if c != "domain/map-order"])
 def test_single_object_encoding_matches_avro_java_byte_for_byte(java_golden, case):
+    """The bridge's single-object bytes equal Java's ``BinaryMessageEncoder``'s (independent oracle)."""
     java = java_golden[case]
     ours = _ours(case)
     assert ours[:4] == java["encoding"][:4] == "c301"

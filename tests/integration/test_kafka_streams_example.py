@@ -22,6 +22,7 @@ from tests.support.java import DOMAIN_AVSC, fleet_table_jar, run_java
 
 def test_kafka_streams_table_equals_the_bridge_state_command(kafka, libvirt_host, topics, agent_factory,
                                                               test_conn, recorder, tmp_path):
+    """Kafka Streams' KTable (an independent oracle on purpose) and the bridge's view agree per UUID."""
     jar = fleet_table_jar()
     agent = agent_factory(libvirt_host.test_uri).start()
     prefix = unique_name("ktable")
