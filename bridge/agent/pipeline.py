@@ -32,7 +32,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.agent.libvirt_session import ConnectionLost, LibvirtSession, one_line
 from bridge.agent.publisher import Message, Publisher
-from bridge.agent.snapshot import DomainSnapshot, SnapshotReader
+from bridge.agent.snapshot import DomainSnapshot, SnapshotReader, listed_state
 from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.coalescer import Batch
@@ -395,9 +395,11 @@ class Pipeline:
             for dom in domains:
                 uuid = dom.UUIDString()
                 listed.append(uuid)
-                state, reason = dom.state()
+                # PAUSED/MIGRATION is an incoming migration only if the domain's job says so: a
+                # domain restored paused from a save image shows the same pair (see ownership).
+                state, reason, job = listed_state(dom)
                 active = dom.ID() != -1  # carried by the listing reply, like the snapshot's
-                if self.ownership.on_listed(uuid, state_name(state), reason_name(state, reason), active):
+                if self.ownership.on_listed(uuid, state_name(state), reason_name(state, reason), active, job=job):
                     owned.append(uuid)
         except ConnectionLost:
             self._resync_requested.set()

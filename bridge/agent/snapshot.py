@@ -13,6 +13,7 @@ import libvirt
 
 from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.agent.libvirt_session import ConnectionLost, LibvirtSession
+from bridge.core.ownership import ListedJob
 from bridge.core.version_clock import Clock
 
 # Errors meaning "this domain does not exist (any more)".
@@ -80,6 +81,57 @@ class SnapshotReader:
             xml=xml,
             observed_at=self._now(),
         )
+
+
+def migration_job(dom: libvirt.virDomain) -> ListedJob:
+    """What the domain's current job says about migration (the ownership rules' listing evidence).
+
+    Recorded on libvirt 9.0 with QEMU 7.2 (``tests/fixtures/event_orders``): on an incoming
+    migration's destination ``virDomainGetJobStats`` fails with ``VIR_ERR_OPERATION_UNSUPPORTED``
+    ("migration statistics are available only on the source host"), read-only connections too; on
+    the source it reports operation ``MIGRATION_OUT``; a domain restored paused from a save image
+    shows the same ``PAUSED/MIGRATION`` state and reason but has no job at all (type ``NONE``).
+    Connection errors propagate; any other failure (the domain just vanished, a driver without job
+    statistics) is ``UNKNOWN``.
+    """
+    try:
+        stats = dom.jobStats()
+    except libvirt.libvirtError as exc:
+        code = exc.get_error_code()
+        if code == libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
+            return ListedJob.INCOMING
+        if code in _CONN_ERRORS:
+            raise
+        return ListedJob.UNKNOWN
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return ListedJob.NONE
+    operation = stats.get("operation")
+    if operation == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT:
+        return ListedJob.OUTGOING
+    if operation == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN:
+        return ListedJob.INCOMING
+    return ListedJob.NONE
+
+
+def listed_state(dom: libvirt.virDomain) -> tuple[int, int, ListedJob]:
+    """(state, reason, migration job) of a listed domain; the job is read only for ``PAUSED/MIGRATION``.
+
+    That pair is ambiguous without the job (see :mod:`bridge.core.ownership`). The state is read
+    again after the job, so a migration that ended between the two reads shows as its outcome
+    (running, or gone) rather than as a paused domain with no job; a domain that vanished meanwhile
+    keeps the first state with an ``UNKNOWN`` job.
+    """
+    state, reason = dom.state()
+    if (state, reason) != (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION):
+        return state, reason, ListedJob.NONE
+    job = migration_job(dom)
+    try:
+        state, reason = dom.state()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() not in _GONE:
+            raise
+        return state, reason, ListedJob.UNKNOWN
+    return state, reason, job
 
 
 def _alive(conn: libvirt.virConnect) -> bool:

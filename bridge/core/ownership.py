@@ -4,8 +4,8 @@ One :class:`Ownership` per agent, fed from the single pipeline thread: every eve
 (:meth:`Ownership.on_event`), every domain of a full listing (:meth:`Ownership.on_listed`) followed by
 :meth:`Ownership.forget_absent`. It answers PUBLISH or DROP_*; the caller counts and logs drops.
 
-A UUID this host knows nothing about is owned: a plain local domain. Only migration moves ownership,
-and only these roles are stored (everything else is owned):
+A UUID this host knows nothing about is owned: a plain local domain. Only migration moves ownership
+away, and running here brings it back. Only these roles are stored (everything else is owned):
 
 - ``HANDED_OFF`` -- a source after the switch-over, or a host keeping a copy of a domain that runs
   elsewhere. Silent: no records, no DELETED, no tombstone, whatever happens to the copy.
@@ -15,33 +15,50 @@ and only these roles are stored (everything else is owned):
 
 Events (lifecycle ``TYPE/DETAIL``; anything not listed keeps the role):
 
+- Running here means owned here. ``STARTED/*`` but ``STARTED/MIGRATED`` (booted, restored from a save
+  image or a managed save, reverted to a snapshot, woken up) and ``RESUMED/*`` but the two migration
+  details below (``UNPAUSED``, ``FROM_SNAPSHOT``, ``RESTORED``, ...): the domain runs on this host, so
+  this host owns it, published, whatever the role was -- a handed-off copy started again, a domain an
+  earlier listing took for incoming. ``RESUMED/UNPAUSED`` is also how a source comes back when a
+  migration is aborted during the switch-over (recorded: ``SUSPENDED/MIGRATED``, then
+  ``RESUMED/UNPAUSED`` on the source, ``STOPPED/FAILED`` on the destination).
+- ``RESUMED/MIGRATED``: the destination's claim, or a source taking back a migration that failed after
+  the switch-over; published either way. ``RESUMED/POSTCOPY``: the destination's post-copy claim,
+  published, ``POSTCOPY_IN``.
+- ``RESUMED/POSTCOPY_FAILED`` is the one ``RESUMED`` that does not claim: it is a failure notice on a
+  destination whose post-copy broke (libvirt >= 8.5 keeps it running, waiting for pages), and the
+  source takes the domain back with ``SUSPENDED/POSTCOPY_FAILED``. The destination yields and becomes
+  ``INCOMING`` (a handed-off UUID stays ``HANDED_OFF``): one owner at a time wins over the literal
+  "RESUMED/*".
 - ``SUSPENDED/MIGRATED``, ``SUSPENDED/POSTCOPY``, ``STOPPED/MIGRATED``: hand-off, inclusive (the event
   itself is dropped). ``STOPPED/MIGRATED`` only ever happens on a source that already switched over,
   so it hands off too: that covers an agent that missed the switch-over.
-- ``STARTED/MIGRATED``: incoming. ``RESUMED/MIGRATED``: the destination's claim, or a source taking
-  back a migration that failed after the switch-over; published either way. ``RESUMED/POSTCOPY``:
-  the destination's post-copy claim, published.
+- ``STARTED/MIGRATED``: incoming (QEMU started paused with ``-incoming``), silent.
 - ``SUSPENDED/POSTCOPY_FAILED`` on a handed-off (or owned) UUID: the source takes the domain back,
   published. The same event on a post-copy destination (libvirt emits it there when the domain was
-  already paused), and ``RESUMED/POSTCOPY_FAILED`` anywhere, mean a destination whose post-copy
-  failed: it yields to the source and becomes ``INCOMING``.
+  already paused) means a destination whose post-copy failed: it yields and becomes ``INCOMING``.
 - ``STOPPED/*`` (not MIGRATED) while ``INCOMING``/``POSTCOPY_IN``: a failed incoming migration, dropped.
   The UUID becomes ``HANDED_OFF`` rather than forgotten: if a definition lingers (PERSIST_DEST, or an
   older copy of ours), an admin's later undefine must not tombstone the real owner's key.
   :meth:`Ownership.forget_absent` drops it once a listing shows no copy.
-- ``STARTED/*`` (not MIGRATED): the domain starts here, so this host owns it again, published.
 
-Restart and resync (:meth:`Ownership.on_listed`). The listed state and reason decide, because they
-are read after every event already fed; an agent that restarts mid-migration, or missed events while
-disconnected, has only the listing and the remembered roles. Silence is preferred when in doubt:
-the real owner publishes, and a stale host's word would win a compacted key. Per listed (state, reason):
+Restart and resync (:meth:`Ownership.on_listed`). The listed state and reason decide, with the
+domain's migration job (:class:`ListedJob`) where the reason alone is ambiguous, because they are read
+after every event already fed; an agent that restarts mid-migration, or missed events while
+disconnected, has only the listing and the remembered roles. Per listed (state, reason):
 
-- ``PAUSED/MIGRATION``: ambiguous. libvirt gives this reason both to an incoming domain on the
-  destination (started paused for ``-incoming``) and to the source after the switch-over (and to an
-  offline migration's source). Silent, as ``HANDED_OFF`` unless already ``INCOMING``. Every
-  continuation then resolves right on either side: ``RESUMED/MIGRATED`` claims (destination done, or
-  source resumed after failure), ``RESUMED/POSTCOPY`` claims, ``STOPPED/MIGRATED`` and
-  ``STOPPED/FAILED`` keep it silent.
+- ``PAUSED/MIGRATION`` decides by the job. libvirt gives this state and reason to an incoming domain
+  on the destination (QEMU started paused for ``-incoming``), to the source after the switch-over
+  (or for the whole of a non-live migration), and -- no migration at all -- to a domain restored from
+  a save image or a managed save while paused, which keeps it across libvirtd restarts until resumed
+  (libvirt 9.0, QEMU 7.2; ``tests/fixtures/event_orders``). ``INCOMING`` job (libvirt 9 refuses job
+  statistics for it, "available only on the source host"): ``INCOMING``, silent. ``OUTGOING`` job
+  (job statistics with operation MIGRATION_OUT): ``HANDED_OFF``, silent. ``NONE`` (no job, or a job
+  of another kind): not a migration, owned, whatever the remembered role. ``UNKNOWN`` (the job could
+  not be read): silence is preferred when in doubt, as ``HANDED_OFF`` unless already ``INCOMING``.
+  Every continuation of a silent listing resolves right on either side: ``RESUMED/MIGRATED`` claims
+  (destination done, or source resumed after failure), ``RESUMED/POSTCOPY`` claims, any other
+  ``RESUMED`` claims (running here), ``STOPPED/MIGRATED`` and ``STOPPED/FAILED`` keep it silent.
 - ``PAUSED/POSTCOPY`` (source in post-copy), ``SHUTOFF/MIGRATED`` (copy left behind): ``HANDED_OFF``.
 - ``RUNNING/POSTCOPY_FAILED`` (destination of a failed post-copy): silent, ``INCOMING``.
 - ``RUNNING/POSTCOPY``: ``POSTCOPY_IN``, owned. ``RUNNING/MIGRATED`` (incoming completed),
@@ -52,8 +69,13 @@ the real owner publishes, and a stale host's word would win a compacted key. Per
   destination of a failed post-copy keeps its old pause reason).
 - Any other inactive domain: owned only if it was owned; any remembered role becomes ``HANDED_OFF``.
 
-Known limit: an agent down for the whole life of a failed incoming migration whose definition lingers
-(PERSIST_DEST) has no memory of it and sees a plain shut-off domain, which it owns.
+The job is evidence only for ``PAUSED/MIGRATION``: every other listed state either says by its reason
+which side it is on, or is decided by the remembered role as above.
+
+Known limits: an agent down for the whole life of a failed incoming migration whose definition
+lingers (PERSIST_DEST) has no memory of it and sees a plain shut-off domain, which it owns. A listing
+that reads a domain just as a new incoming migration for it is being prepared (job not started yet)
+owns it until the ``STARTED/MIGRATED`` that follows makes it ``INCOMING``.
 
 Stale events. libvirt can deliver an event after a listing that was read later than the event was
 emitted (libvirtd queues events; a reply can overtake them). After a full listing, an event for a UUID
@@ -104,6 +126,19 @@ class Role(enum.StrEnum):
     POSTCOPY_IN = "postcopy_in"
 
 
+class ListedJob(enum.Enum):
+    """What a listing read of a domain's job says about migration (libvirt 9 ``virDomainGetJobStats``)."""
+
+    NONE = "NONE"
+    """No job, or a job that is not a migration (save, dump, snapshot, ...)."""
+    INCOMING = "INCOMING"
+    """An incoming migration: libvirt refuses job statistics for it (``VIR_ERR_OPERATION_UNSUPPORTED``)."""
+    OUTGOING = "OUTGOING"
+    """An outgoing migration: job statistics with operation ``VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT``."""
+    UNKNOWN = "UNKNOWN"
+    """The job could not be read."""
+
+
 class _Kind(enum.Enum):
     HAND_OFF = enum.auto()
     INCOMING_START = enum.auto()
@@ -112,6 +147,7 @@ class _Kind(enum.Enum):
     SUSPENDED_POSTCOPY_FAILED = enum.auto()
     RESUMED_POSTCOPY_FAILED = enum.auto()
     LOCAL_START = enum.auto()
+    LOCAL_RESUME = enum.auto()
     STOP = enum.auto()
     OTHER = enum.auto()
 
@@ -136,6 +172,8 @@ def _kind(event: DomainEvent) -> _Kind:
         return kind
     if event.type == "STARTED":
         return _Kind.LOCAL_START
+    if event.type == "RESUMED":
+        return _Kind.LOCAL_RESUME
     if event.type == "STOPPED":
         return _Kind.STOP
     return _Kind.OTHER
@@ -157,8 +195,8 @@ def _transition(role: Role | None, kind: _Kind) -> tuple[Role | None, Verdict]:
             return None, Verdict.PUBLISH
         case _Kind.CLAIM_POSTCOPY:
             return Role.POSTCOPY_IN, Verdict.PUBLISH
-        case _Kind.LOCAL_START:
-            return None, Verdict.PUBLISH
+        case _Kind.LOCAL_START | _Kind.LOCAL_RESUME:
+            return None, Verdict.PUBLISH  # running here means owned here
         case _Kind.HAND_OFF:
             return Role.HANDED_OFF, Verdict.DROP_HANDED_OFF
         case _Kind.INCOMING_START:
@@ -188,7 +226,7 @@ _LISTED_OWNED = {("RUNNING", "MIGRATED"), ("RUNNING", "MIGRATION_CANCELED"), ("P
 _LISTED_HANDED_OFF = {("PAUSED", "POSTCOPY"), ("SHUTOFF", "MIGRATED")}
 
 
-def _listed_role(role: Role | None, state: str, reason: str, active: bool) -> Role | None:
+def _listed_role(role: Role | None, state: str, reason: str, active: bool, job: ListedJob) -> Role | None:
     key = (state, reason)
     if key in _LISTED_OWNED:
         return None
@@ -197,7 +235,15 @@ def _listed_role(role: Role | None, state: str, reason: str, active: bool) -> Ro
     if key in _LISTED_HANDED_OFF:
         return Role.HANDED_OFF
     if key == ("PAUSED", "MIGRATION"):
-        return Role.INCOMING if role is Role.INCOMING else Role.HANDED_OFF
+        match job:
+            case ListedJob.INCOMING:
+                return Role.INCOMING
+            case ListedJob.OUTGOING:
+                return Role.HANDED_OFF
+            case ListedJob.NONE:
+                return None  # no migration: e.g. restored from a save image while paused
+            case ListedJob.UNKNOWN:
+                return Role.INCOMING if role is Role.INCOMING else Role.HANDED_OFF
     if key == ("RUNNING", "POSTCOPY_FAILED"):
         return Role.HANDED_OFF if role is Role.HANDED_OFF else Role.INCOMING
     if active:
@@ -239,13 +285,17 @@ class Ownership:
             self._dropped[verdict] += 1
         return verdict
 
-    def on_listed(self, uuid: str, state: str, reason: str, active: bool) -> bool:
+    def on_listed(
+        self, uuid: str, state: str, reason: str, active: bool, *, job: ListedJob = ListedJob.NONE
+    ) -> bool:
         """Learn from one domain of a listing; True if this host owns it (RESYNC record, inventory).
 
         Call right after reading it, before feeding events received after the read: the listed
-        state must be at least as new as every event already fed.
+        state must be at least as new as every event already fed. ``job`` is the domain's migration
+        job as read with the state; it only matters for ``PAUSED/MIGRATION`` (see the module doc),
+        and ``NONE``, the default, means libvirt shows no migration for the domain.
         """
-        role = _listed_role(self._roles.get(uuid), state, reason, active)
+        role = _listed_role(self._roles.get(uuid), state, reason, active, job)
         self._set(uuid, role)
         if self._known is not None:
             self._known.add(uuid)

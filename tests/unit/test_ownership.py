@@ -8,11 +8,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridge.core.ownership import Ownership, Verdict
+from bridge.core.ownership import ListedJob, Ownership, Verdict
 from bridge.records import DomainEvent
 
 U = "6f1c1f1e-0000-4000-8000-000000000001"
 P, DH, DI, DS = Verdict.PUBLISH, Verdict.DROP_HANDED_OFF, Verdict.DROP_INCOMING, Verdict.DROP_STALE
+J_NONE, J_IN, J_OUT, J_UNKNOWN = ListedJob.NONE, ListedJob.INCOMING, ListedJob.OUTGOING, ListedJob.UNKNOWN
 
 
 def ev(label: str) -> DomainEvent:
@@ -247,30 +248,69 @@ def test_restart_with_persisted_memory():
     assert not Ownership({U: "from-the-future"}).owns(U)
 
 
-def test_restart_mid_migration_paused_migration_is_silent_and_resolves_on_either_side():
-    def fresh() -> Ownership:
+@pytest.mark.parametrize("evidence", ["job", "unknown"])
+def test_restart_mid_migration_paused_migration_is_silent_and_resolves_on_either_side(evidence):
+    """PAUSED/MIGRATION with a migration job (or a job that could not be read) is silent, on either side."""
+
+    def fresh(job: ListedJob) -> Ownership:
         own = Ownership()
-        assert not own.on_listed(U, "PAUSED", "MIGRATION", active=True)
+        assert not own.on_listed(U, "PAUSED", "MIGRATION", active=True, job=job if evidence == "job" else J_UNKNOWN)
         return own
 
     # it was the destination
-    own = fresh()
-    assert own.on_event(U, ev("DEFINED/ADDED")) is DH
+    own = fresh(J_IN)
+    assert own.on_event(U, ev("DEFINED/ADDED")) in (DH, DI)
     assert own.on_event(U, ev("RESUMED/MIGRATED")) is P
-    own = fresh()
-    assert own.on_event(U, ev("STOPPED/FAILED")) is DH
+    own = fresh(J_IN)
+    assert own.on_event(U, ev("STOPPED/FAILED")) in (DH, DI)
     assert not own.owns(U)
-    own = fresh()
+    own = fresh(J_IN)
     assert own.on_event(U, ev("RESUMED/POSTCOPY")) is P
     # it was the source
-    own = fresh()
+    own = fresh(J_OUT)
     assert own.on_event(U, ev("STOPPED/MIGRATED")) is DH
     assert own.on_event(U, ev("JOB_COMPLETED")) is DH
-    own = fresh()
+    own = fresh(J_OUT)
     assert own.on_event(U, ev("RESUMED/MIGRATED")) is P  # failed after the switch-over
-    own = fresh()
+    own = fresh(J_OUT)
+    assert own.on_event(U, ev("RESUMED/UNPAUSED")) is P  # aborted during the switch-over (recorded)
+    own = fresh(J_OUT)
     assert own.on_event(U, ev("SUSPENDED/POSTCOPY")) is DH
     assert own.on_event(U, ev("SUSPENDED/POSTCOPY_FAILED")) is P
+
+
+def test_restored_paused_domain_is_owned_by_a_listing_and_its_resume_published():
+    """Issue 8: restore a save image taken while paused -> PAUSED/MIGRATION with no job. Not a migration."""
+    own = Ownership()
+    assert own.on_listed(U, "PAUSED", "MIGRATION", active=True, job=J_NONE)
+    assert own.remembered() == {}
+    assert own.on_event(U, ev("RESUMED/UNPAUSED")) is P
+    # what the old rule persisted (HANDED_OFF) heals at the next listing, and by the resume alone
+    healed = Ownership({U: "handed_off"})
+    assert healed.on_listed(U, "PAUSED", "MIGRATION", active=True)
+    stuck = Ownership({U: "handed_off"})
+    assert stuck.on_event(U, ev("RESUMED/UNPAUSED")) is P
+    assert stuck.on_event(U, ev("SUSPENDED/PAUSED")) is P
+
+
+@pytest.mark.parametrize("role", [None, "handed_off", "incoming", "postcopy_in"])
+@pytest.mark.parametrize(
+    "label", ["STARTED/BOOTED", "STARTED/RESTORED", "STARTED/FROM_SNAPSHOT", "STARTED/WAKEUP", "RESUMED/UNPAUSED",
+              "RESUMED/FROM_SNAPSHOT", "RESUMED/RESTORED", "RESUMED/MIGRATED"])
+def test_running_here_means_owned_here(role, label):
+    own = Ownership({U: role} if role else {})
+    assert own.on_event(U, ev(label)) is P
+    assert own.owns(U)
+    assert own.remembered() == {}
+
+
+@pytest.mark.parametrize("role", [None, "handed_off", "incoming"])
+def test_started_migrated_is_no_local_start_and_resumed_postcopy_failed_no_resume(role):
+    own = Ownership({U: role} if role else {})
+    assert own.on_event(U, ev("STARTED/MIGRATED")) is DI
+    own = Ownership({U: role} if role else {})
+    assert own.on_event(U, ev("RESUMED/POSTCOPY_FAILED")) is not P
+    assert not own.owns(U)
 
 
 @pytest.mark.parametrize(
@@ -280,7 +320,7 @@ def test_restart_mid_migration_paused_migration_is_silent_and_resolves_on_either
         (None, "RUNNING", "BOOTED", True, True, None),
         (None, "SHUTOFF", "SHUTDOWN", False, True, None),
         (None, "PAUSED", "USER", True, True, None),
-        (None, "PAUSED", "MIGRATION", True, False, "handed_off"),
+        (None, "PAUSED", "MIGRATION", True, True, None),  # no job: restored from a save image while paused
         (None, "PAUSED", "POSTCOPY", True, False, "handed_off"),
         (None, "SHUTOFF", "MIGRATED", False, False, "handed_off"),
         (None, "RUNNING", "POSTCOPY", True, True, "postcopy_in"),
@@ -290,14 +330,14 @@ def test_restart_mid_migration_paused_migration_is_silent_and_resolves_on_either
         (None, "RUNNING", "MIGRATION_CANCELED", True, True, None),
         # remembered hand-off
         ("handed_off", "SHUTOFF", "DESTROYED", False, False, "handed_off"),
-        ("handed_off", "PAUSED", "MIGRATION", True, False, "handed_off"),
+        ("handed_off", "PAUSED", "MIGRATION", True, True, None),  # no job: our copy restored paused
         ("handed_off", "RUNNING", "BOOTED", True, True, None),  # started while we were not listening
         ("handed_off", "RUNNING", "MIGRATED", True, True, None),  # migrated back while not listening
         ("handed_off", "RUNNING", "MIGRATION_CANCELED", True, True, None),
         ("handed_off", "PAUSED", "POSTCOPY_FAILED", True, True, None),
         ("handed_off", "RUNNING", "POSTCOPY_FAILED", True, False, "handed_off"),
         # a destination before its claim
-        ("incoming", "PAUSED", "MIGRATION", True, False, "incoming"),
+        ("incoming", "PAUSED", "MIGRATION", True, True, None),  # no job: the migration is over, not running
         ("incoming", "RUNNING", "MIGRATED", True, True, None),
         ("incoming", "RUNNING", "POSTCOPY", True, True, "postcopy_in"),
         ("incoming", "PAUSED", "IOERROR", True, False, "incoming"),
@@ -310,10 +350,43 @@ def test_restart_mid_migration_paused_migration_is_silent_and_resolves_on_either
     ],
 )
 def test_resync_decisions(role, state, reason, active, included, after):
+    """With no migration job (the default), as every listing of a domain no migration is moving."""
     own = Ownership({U: role} if role else {})
     assert own.on_listed(U, state, reason, active) is included
     assert own.owns(U) is included
     assert own.remembered().get(U) == after
+
+
+@pytest.mark.parametrize(
+    ("role", "job", "included", "after"),
+    [
+        (None, J_IN, False, "incoming"),  # a destination before its claim
+        (None, J_OUT, False, "handed_off"),  # a source after the switch-over, or a non-live migration's source
+        (None, J_UNKNOWN, False, "handed_off"),  # in doubt, silent
+        (None, J_NONE, True, None),  # restored (or managed-save started) while paused
+        ("handed_off", J_IN, False, "incoming"),
+        ("handed_off", J_OUT, False, "handed_off"),
+        ("handed_off", J_UNKNOWN, False, "handed_off"),
+        ("handed_off", J_NONE, True, None),
+        ("incoming", J_IN, False, "incoming"),
+        ("incoming", J_OUT, False, "handed_off"),
+        ("incoming", J_UNKNOWN, False, "incoming"),
+        ("incoming", J_NONE, True, None),
+        ("postcopy_in", J_NONE, True, None),
+        ("postcopy_in", J_IN, False, "incoming"),
+    ],
+)
+def test_paused_migration_listing_decides_by_the_job(role, job, included, after):
+    own = Ownership({U: role} if role else {})
+    assert own.on_listed(U, "PAUSED", "MIGRATION", active=True, job=job) is included
+    assert own.remembered().get(U) == after
+
+
+@pytest.mark.parametrize("job", list(ListedJob))
+@pytest.mark.parametrize(("state", "reason", "active"), [("RUNNING", "MIGRATED", True), ("PAUSED", "POSTCOPY", True),
+                                                          ("RUNNING", "UNPAUSED", True), ("SHUTOFF", "SAVED", False)])
+def test_the_job_is_evidence_only_for_paused_migration(job, state, reason, active):
+    assert Ownership().on_listed(U, state, reason, active, job=job) == Ownership().on_listed(U, state, reason, active)
 
 
 def test_forget_absent_drops_roles_without_a_copy():
@@ -393,6 +466,15 @@ class Copy:
     reason: str
     active: bool
     persistent: bool
+    job: ListedJob = J_NONE  # what a listing reads as the domain's migration job
+
+
+def incoming(persistent: bool) -> Copy:
+    return Copy("PAUSED", "MIGRATION", True, persistent, J_IN)
+
+
+def outgoing(persistent: bool, reason: str = "MIGRATION") -> Copy:
+    return Copy("PAUSED", reason, True, persistent, J_OUT)
 
 
 @dataclass(frozen=True)
@@ -408,6 +490,7 @@ OUTCOMES = [
     "postcopy",
     "precopy_failed",
     "failed_after_switchover",
+    "aborted_in_switchover",
     "postcopy_dest_killed",
     "postcopy_network_failed",
 ]
@@ -421,36 +504,45 @@ def migration_steps(
     d_def = world[d] is not None  # an inactive copy (always persistent) already defined on d
     pers = d_def or persist_dest
     gone_or_failed = Copy("SHUTOFF", "FAILED", False, True) if d_def else None
-    steps = [Step(d, ("STARTED/MIGRATED",), Copy("PAUSED", "MIGRATION", True, d_def), "same")]
+    steps = [Step(d, ("STARTED/MIGRATED",), incoming(d_def), "same")]
     if outcome == "precopy_failed":  # abortJob, or the destination QEMU killed
         return [
             *steps,
             Step(s, ("MIGRATION_ITERATION",), "same", "same"),
             Step(d, ("STOPPED/FAILED",), gone_or_failed, "same"),
         ]
-    if outcome == "failed_after_switchover":
+    if outcome == "failed_after_switchover":  # recorded: migrate_nonlive_abort
         return [
             *steps,
-            Step(s, ("SUSPENDED/MIGRATED",), Copy("PAUSED", "MIGRATION", True, src.persistent), None),
+            Step(s, ("SUSPENDED/MIGRATED",), outgoing(src.persistent), None),
             Step(d, ("STOPPED/FAILED",), gone_or_failed, None),
             Step(s, ("RESUMED/MIGRATED",), Copy("RUNNING", "MIGRATION_CANCELED", True, src.persistent), s),
         ]
+    if outcome == "aborted_in_switchover":  # recorded: migrate_live_abort_in_switchover
+        return [
+            *steps,
+            Step(s, ("MIGRATION_ITERATION",), "same", "same"),
+            Step(s, ("SUSPENDED/MIGRATED",), outgoing(src.persistent), None),
+            Step(s, ("MIGRATION_ITERATION",), "same", None),
+            Step(s, ("RESUMED/UNPAUSED",), Copy("RUNNING", "UNPAUSED", True, src.persistent), s),
+            Step(d, ("STOPPED/FAILED",), gone_or_failed, s),
+        ]
     steps += [
         Step(s, ("MIGRATION_ITERATION",), "same", "same"),
-        Step(s, ("SUSPENDED/MIGRATED",), Copy("PAUSED", "MIGRATION", True, src.persistent), None),
+        Step(s, ("SUSPENDED/MIGRATED",), outgoing(src.persistent), None),
     ]
     postcopy = outcome != "success"
     if postcopy:
-        steps.append(Step(s, ("SUSPENDED/POSTCOPY",), Copy("PAUSED", "POSTCOPY", True, src.persistent), None))
+        steps.append(Step(s, ("SUSPENDED/POSTCOPY",), outgoing(src.persistent, "POSTCOPY"), None))
     else:
         steps.append(Step(s, ("MIGRATION_ITERATION",), "same", None))
     if persist_dest:
         steps.append(
-            Step(d, ("DEFINED/UPDATED" if d_def else "DEFINED/ADDED",), Copy("PAUSED", "MIGRATION", True, True), None)
+            Step(d, ("DEFINED/UPDATED" if d_def else "DEFINED/ADDED",), incoming(True), None)
         )
     if postcopy:
-        steps.append(Step(d, ("RESUMED/POSTCOPY",), Copy("RUNNING", "POSTCOPY", True, pers), d))
-    src_failed = Copy("PAUSED", "POSTCOPY_FAILED", True, src.persistent)
+        steps.append(Step(d, ("RESUMED/POSTCOPY",), Copy("RUNNING", "POSTCOPY", True, pers, J_IN), d))
+    src_failed = outgoing(src.persistent, "POSTCOPY_FAILED")  # libvirt >= 8.5 keeps the job, paused
     if outcome == "postcopy_dest_killed":
         # worst case assumed: a definition made by PERSIST_DEST lingers on the destination
         return [
@@ -461,7 +553,7 @@ def migration_steps(
     if outcome == "postcopy_network_failed":
         return [
             *steps,
-            Step(d, ("RESUMED/POSTCOPY_FAILED",), Copy("RUNNING", "POSTCOPY_FAILED", True, pers), None),
+            Step(d, ("RESUMED/POSTCOPY_FAILED",), Copy("RUNNING", "POSTCOPY_FAILED", True, pers, J_IN), None),
             Step(s, ("SUSPENDED/POSTCOPY_FAILED",), src_failed, s),
             # the operator gives up on the destination's half
             Step(d, ("STOPPED/DESTROYED",), Copy("SHUTOFF", "DESTROYED", False, True) if pers else None, s),
@@ -473,6 +565,28 @@ def migration_steps(
         Step(s, ("STOPPED/MIGRATED",), left, d),
         Step(s, ("JOB_COMPLETED",), "same", d),
     ]
+
+
+def save_restore_steps(world: dict[int, Copy | None], r: int, paused: bool, managed: bool) -> list[Step]:
+    """The owner saves its domain (to a file, or a managed save) and restores it; the recorded orders of
+    restore_paused, restore_running, managed_save_paused and managed_save_start. Paused, it comes back
+    PAUSED/MIGRATION with no job, and is resumed."""
+    cur = world[r]
+    assert cur is not None
+    saved = Copy("SHUTOFF", "SAVED", False, True) if cur.persistent else None  # a transient domain vanishes
+    steps = [Step(r, ("SUSPENDED/PAUSED",), Copy("PAUSED", "USER", True, cur.persistent), r)] if paused else []
+    steps.append(Step(r, ("MIGRATION_ITERATION", "MIGRATION_ITERATION", "JOB_COMPLETED", "STOPPED/SAVED")
+                      if paused else ("SUSPENDED/PAUSED", "MIGRATION_ITERATION", "MIGRATION_ITERATION",
+                                      "JOB_COMPLETED", "STOPPED/SAVED"), saved, r))
+    if paused:
+        return [
+            *steps,
+            Step(r, ("STARTED/RESTORED", "SUSPENDED/RESTORED"), Copy("PAUSED", "MIGRATION", True, cur.persistent), r),
+            Step(r, ("RESUMED/UNPAUSED",), Copy("RUNNING", "UNPAUSED", True, cur.persistent), r),
+        ]
+    del managed  # same events either way; only a persistent domain can be managed-saved
+    return [*steps, Step(r, ("STARTED/RESTORED", "RESUMED/FROM_SNAPSHOT"),
+                         Copy("RUNNING", "RESTORED", True, cur.persistent), r)]
 
 
 def reboot_elsewhere_steps(world: dict[int, Copy | None], r: int, g: int) -> list[Step]:
@@ -505,7 +619,7 @@ class Sim:
         agent = self.agents[h]
         assert agent is not None
         if seen is not None:
-            agent.on_listed(U, seen.state, seen.reason, seen.active)
+            agent.on_listed(U, seen.state, seen.reason, seen.active, job=seen.job)
         agent.forget_absent({U} if seen is not None else set())
         self.persist(h)
 
@@ -614,7 +728,8 @@ def test_property_at_most_one_owner_and_the_running_host_owns_at_the_end(data, n
         r = sim.owner
         assert r is not None
         kept = [h for h in range(n) if h != r and sim.world[h] is not None]
-        op = data.draw(st.sampled_from(["migrate"] * 4 + (["reboot_elsewhere", "undefine_copy"] if kept else [])))
+        ops = ["migrate"] * 4 + ["save_restore"] + (["reboot_elsewhere", "undefine_copy"] if kept else [])
+        op = data.draw(st.sampled_from(ops))
         if op == "migrate":
             d = data.draw(st.sampled_from([h for h in range(n) if h != r]))
             steps = migration_steps(
@@ -625,6 +740,11 @@ def test_property_at_most_one_owner_and_the_running_host_owns_at_the_end(data, n
                 data.draw(st.booleans()),
                 data.draw(st.booleans()),
             )
+        elif op == "save_restore":
+            current = sim.world[r]
+            assert current is not None
+            managed = current.persistent and data.draw(st.booleans())
+            steps = save_restore_steps(sim.world, r, data.draw(st.booleans()), managed)
         elif op == "reboot_elsewhere":
             steps = reboot_elsewhere_steps(sim.world, r, data.draw(st.sampled_from(kept)))
         else:
@@ -649,3 +769,4 @@ def test_event_queued_before_a_later_listing_is_still_published():
     o3 = Ownership()
     o3.forget_absent([], listed_at=300)  # the first listing of an agent's life has no memory behind it
     assert o3.on_event("x", queued) is Verdict.DROP_STALE
+
