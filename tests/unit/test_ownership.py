@@ -1,8 +1,12 @@
-"""Ownership rules fed with libvirt's real migration event orders (notes/live-migration-on-one-machine.md)."""
+"""Ownership rules fed with libvirt's real event orders: migrations (notes/live-migration-on-one-machine.md)
+and the save/restore, managed-save and snapshot orders recorded in tests/fixtures/event_orders."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -14,6 +18,7 @@ from bridge.records import DomainEvent
 U = "6f1c1f1e-0000-4000-8000-000000000001"
 P, DH, DI, DS = Verdict.PUBLISH, Verdict.DROP_HANDED_OFF, Verdict.DROP_INCOMING, Verdict.DROP_STALE
 J_NONE, J_IN, J_OUT, J_UNKNOWN = ListedJob.NONE, ListedJob.INCOMING, ListedJob.OUTGOING, ListedJob.UNKNOWN
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "event_orders"
 
 
 def ev(label: str) -> DomainEvent:
@@ -770,3 +775,67 @@ def test_event_queued_before_a_later_listing_is_still_published():
     o3.forget_absent([], listed_at=300)  # the first listing of an agent's life has no memory behind it
     assert o3.on_event("x", queued) is Verdict.DROP_STALE
 
+
+# ---------------------------------------------------------------------------------------------------
+# Real event orders recorded from QEMU (tests/support/record_event_orders.py), replayed per host.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _fixtures() -> list[Path]:
+    return sorted(FIXTURES.glob("*.json"))
+
+
+def test_the_recorded_fixtures_are_there():
+    names = {p.stem for p in _fixtures()}
+    assert {"restore_paused", "restore_running", "managed_save_start", "managed_save_paused", "snapshot_revert",
+            "migrate_nonlive_success", "migrate_nonlive_abort"} <= names
+
+
+def _listed(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"state": entry["state"], "reason": entry["reason"], "active": entry["active"],
+            "job": ListedJob(entry.get("job", "NONE"))}
+
+
+@pytest.mark.parametrize("path", _fixtures(), ids=lambda p: p.stem)
+def test_recorded_event_orders(path: Path):
+    """Each host's agent, fed the recorded events, owns the domain exactly when DESIGN says; so does an
+    agent restarted after any step, with its remembered roles or none, from what a listing read then."""
+    fixture = json.loads(path.read_text())
+    hosts = {e["host"] for step in fixture["steps"] for e in step["events"]} | {
+        h for step in fixture["steps"] for h in step["listed"]}
+    agents = {h: Ownership() for h in hosts}
+    for i, step in enumerate(fixture["steps"]):
+        owner = step["designed_owner"]
+        for e in step["events"]:
+            verdict = agents[e["host"]].on_event(U, ev(e["event"]))
+            if verdict is P:  # only the owner publishes, as of the step before or after the event
+                before = fixture["steps"][i - 1]["designed_owner"] if i else None
+                assert e["host"] in (owner, before), (path.stem, i, e)
+            elif e["host"] == owner and owner == (fixture["steps"][i - 1]["designed_owner"] if i else owner):
+                raise AssertionError(f"{path.stem} step {i}: {e} dropped ({verdict}) on the owner")
+        for host, entry in step["listed"].items():
+            want = owner == host
+            assert agents[host].owns(U) is want, (path.stem, i, host, agents[host].remembered())
+            listed = _listed(entry)
+            restarted = Ownership(agents[host].remembered())
+            assert restarted.on_listed(U, **listed) is want, (path.stem, i, host, "restart with memory")
+            assert Ownership().on_listed(U, **listed) is want, (path.stem, i, host, "restart without memory")
+            # the periodic resync of the agent that kept running agrees too
+            assert agents[host].on_listed(U, **listed) is want, (path.stem, i, host, "resync")
+
+
+def test_recorded_restore_paused_is_the_issue_8_case():
+    """The fixture really shows what the old rule misread: PAUSED/MIGRATION with no job, across a restart."""
+    steps = json.loads((FIXTURES / "restore_paused.json").read_text())["steps"]
+    restored = [s for s in steps if s["call"].startswith(("conn.restore", "restart libvirtd"))]
+    assert len(restored) == 2
+    for step in restored:
+        entry = step["listed"]["A"]
+        assert (entry["state"], entry["reason"], entry["job"]) == ("PAUSED", "MIGRATION", "NONE")
+        assert entry["job_stats"] == {"type": 0}  # VIR_DOMAIN_JOB_NONE
+    mid = json.loads((FIXTURES / "migrate_nonlive_success.json").read_text())["steps"][2]["listed"]
+    dest, source = mid["B"], mid["A"]
+    assert (dest["state"], dest["reason"], dest["job"]) == ("PAUSED", "MIGRATION", "INCOMING")
+    assert dest["job_stats_error"]["code"] == 84  # VIR_ERR_OPERATION_UNSUPPORTED: "only on the source host"
+    assert (source["state"], source["reason"], source["job"]) == ("PAUSED", "MIGRATION", "OUTGOING")
+    assert source["job_stats"] == {"type": 2, "operation": 5}  # UNBOUNDED, MIGRATION_OUT
