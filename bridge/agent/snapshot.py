@@ -119,7 +119,8 @@ def listed_state(dom: libvirt.virDomain) -> tuple[int, int, ListedJob]:
     That pair is ambiguous without the job (see :mod:`bridge.core.ownership`). The state is read
     again after the job, so a migration that ended between the two reads shows as its outcome
     (running, or gone) rather than as a paused domain with no job; a domain that vanished meanwhile
-    keeps the first state with an ``UNKNOWN`` job.
+    keeps the first state with an ``UNKNOWN`` job. On a migration's source the job read can take
+    seconds (5 to 10 s recorded, ``read_s`` in the fixtures) while QEMU is busy migrating.
     """
     state, reason = dom.state()
     if (state, reason) != (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION):

@@ -16,12 +16,13 @@ away, and running here brings it back. Only these roles are stored (everything e
 Events (lifecycle ``TYPE/DETAIL``; anything not listed keeps the role):
 
 - Running here means owned here. ``STARTED/*`` but ``STARTED/MIGRATED`` (booted, restored from a save
-  image or a managed save, reverted to a snapshot, woken up) and ``RESUMED/*`` but the two migration
-  details below (``UNPAUSED``, ``FROM_SNAPSHOT``, ``RESTORED``, ...): the domain runs on this host, so
-  this host owns it, published, whatever the role was -- a handed-off copy started again, a domain an
-  earlier listing took for incoming. ``RESUMED/UNPAUSED`` is also how a source comes back when a
-  migration is aborted during the switch-over (recorded: ``SUSPENDED/MIGRATED``, then
-  ``RESUMED/UNPAUSED`` on the source, ``STOPPED/FAILED`` on the destination).
+  image or a managed save, reverted to a snapshot, woken up) and ``RESUMED/*`` other than the
+  migration details below (``UNPAUSED``, ``FROM_SNAPSHOT``, ...; a restore of a running image gives
+  ``STARTED/RESTORED`` then ``RESUMED/FROM_SNAPSHOT``): the domain runs on this host, so this host
+  owns it, published, whatever the role was -- a handed-off copy started again, a domain an earlier
+  listing took for incoming. ``RESUMED/UNPAUSED`` is also how a source came back from a live
+  migration aborted during the switch-over, seen once here: ``SUSPENDED/MIGRATED``, then
+  ``RESUMED/UNPAUSED`` 11 ms later on the source, ``STOPPED/FAILED`` on the destination.
 - ``RESUMED/MIGRATED``: the destination's claim, or a source taking back a migration that failed after
   the switch-over; published either way. ``RESUMED/POSTCOPY``: the destination's post-copy claim,
   published, ``POSTCOPY_IN``.

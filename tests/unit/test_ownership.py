@@ -278,7 +278,7 @@ def test_restart_mid_migration_paused_migration_is_silent_and_resolves_on_either
     own = fresh(J_OUT)
     assert own.on_event(U, ev("RESUMED/MIGRATED")) is P  # failed after the switch-over
     own = fresh(J_OUT)
-    assert own.on_event(U, ev("RESUMED/UNPAUSED")) is P  # aborted during the switch-over (recorded)
+    assert own.on_event(U, ev("RESUMED/UNPAUSED")) is P  # aborted during the switch-over (seen once)
     own = fresh(J_OUT)
     assert own.on_event(U, ev("SUSPENDED/POSTCOPY")) is DH
     assert own.on_event(U, ev("SUSPENDED/POSTCOPY_FAILED")) is P
@@ -523,7 +523,7 @@ def migration_steps(
             Step(d, ("STOPPED/FAILED",), gone_or_failed, None),
             Step(s, ("RESUMED/MIGRATED",), Copy("RUNNING", "MIGRATION_CANCELED", True, src.persistent), s),
         ]
-    if outcome == "aborted_in_switchover":  # recorded: migrate_live_abort_in_switchover
+    if outcome == "aborted_in_switchover":  # seen once (record_event_orders: migrate_live_abort_in_switchover)
         return [
             *steps,
             Step(s, ("MIGRATION_ITERATION",), "same", "same"),
