@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge import __version__
-from bridge.cli import run, state, tail, watch
+from bridge.cli import config_show, doctor, run, state, tail, watch
 from bridge.errors import UserError
 from bridge.logging_setup import LOG_FORMATS, configure_logging
 
@@ -22,6 +22,8 @@ Turns libvirt domain events into a versioned, compacted Kafka log, and reads it 
   tail    print the records on the topics as they are (decoded)
   state   the fleet's current domains, rebuilt from the log alone
   watch   the current domains, then every change as it happens
+  doctor  check libvirt, Kafka, the topics, the state directory and the clock with run's settings
+  config  `config show`: the effective settings of run and where each came from, secrets masked
 
 Every setting is a flag, a BRIDGE_* environment variable, or a key in a TOML file (--config).
 """
@@ -31,6 +33,7 @@ examples:
   libvirt-kafka-bridge run --bootstrap-servers kafka1:9092 --libvirt-uri qemu:///system
   libvirt-kafka-bridge tail --from-beginning --uuid 8ff7047b-fb46-44ff-a4c6-7c20c73ab86e
   libvirt-kafka-bridge state --output json --host hv01
+  libvirt-kafka-bridge doctor --config /etc/libvirt-kafka-bridge.toml
 """
 
 
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text for people, json for log shippers: one JSON object per line, "
                              "librdkafka's lines included (default: text); env BRIDGE_LOG_FORMAT")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (run, tail, state, watch):
+    for module in (run, tail, state, watch, doctor, config_show):
         module.add_parser(sub)
     return parser
 
