@@ -57,6 +57,8 @@ class AgentSettings:
     kafka_connect_timeout: float = 10.0
     metrics_address: tuple[str, int] | None = None
     """Serve /metrics, /healthz and /readyz here (host, port); None: no HTTP endpoint."""
+    max_clock_skew: float = 0.05
+    """How far apart host clocks may be (seconds); see the version rule in the README."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class Agent:
             self._agent_info = AgentInfo(self.instance_id, __version__, self._session.libvirt_version())
             self._pipeline = Pipeline(
                 PipelineConfig(s.host_id, s.kafka.topic, s.kafka.hosts_topic, s.resync_interval,
-                               s.heartbeat_interval),
+                               s.heartbeat_interval, max_clock_skew=s.max_clock_skew),
                 self._queue, self._session, SnapshotReader(self._session, self._now), self._store,
                 self._publisher, codec, self._current_agent_info, self._now, observer=self.metrics,
             )

@@ -60,6 +60,8 @@ class PipelineConfig:
     """Snapshot reads in parallel (each is five libvirt round-trips)."""
     not_found_retry: float = 0.5
     """Seconds to keep retrying ``Domain not found`` for a domain whose events don't say it is gone."""
+    max_clock_skew: float = 0.05
+    """Seconds host clocks may differ by; a claim's version is taken that far ahead (the version rule)."""
 
 
 @dataclass
@@ -123,6 +125,7 @@ class Pipeline:
         self._host_in_flight = threading.Event()
         self._published_resync_id: str | None = None
         self._announced_status: HostStatus | None = None
+        self._claims: set[str] = set()  # UUIDs whose next record takes them over from another host
         self._inventory: HostRecord | None = None
         self._resync_requested = threading.Event()
         self._stop = threading.Event()
@@ -275,9 +278,14 @@ class Pipeline:
         """Feed every event to the ownership rules, in order; keep the ones to publish."""
         kept: list[DomainEvent] = []
         for event in batch.events:
+            silent = not self.ownership.owns(batch.uuid)
             verdict = self.ownership.on_event(batch.uuid, event)
             if verdict is Verdict.PUBLISH:
                 kept.append(event)
+                if silent:
+                    # A claim (a migration's destination, or a source taking a domain back): the
+                    # record must sort above the other host's last one, on that host's clock.
+                    self._claims.add(batch.uuid)
             else:
                 self.stats.events_not_owned += 1
                 log.info("not publishing %s %s for %s (%s): %s", event.id, event.label(), batch.name or "?",
@@ -337,7 +345,9 @@ class Pipeline:
         self._stop.wait(seconds)
 
     def _record(self, batch: Batch, snap: DomainSnapshot | None) -> DomainRecord:
-        version = self.clock.tick()
+        claim = batch.uuid in self._claims
+        self._claims.discard(batch.uuid)
+        version = self.clock.tick(ahead=int(self._cfg.max_clock_skew * 1e6) if claim else 0)
         if self._tracker is not None and batch.resync_id == self._tracker.resync_id:
             if snap is None:
                 self._tracker.dropped(batch.uuid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import threading
@@ -16,10 +17,14 @@ from bridge.agent.http_server import parse_address
 from bridge.agent.publisher import producer_config
 from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_bool, parse_duration, parse_positive_int, resolve
+from bridge.core.version_clock import Clock, wall_clock_micros
 from bridge.errors import UserError
 from bridge.kafka_settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+TEST_CLOCK_OFFSET = "BRIDGE_TEST_CLOCK_OFFSET_MS"
+"""Hidden, for tests of clock skew across a fleet: offset this agent's clock (milliseconds, may be negative)."""
 
 OPTIONS: tuple[Option, ...] = (
     Option("libvirt_uri", "libvirt connection URI", "qemu:///system", metavar="URI"),
@@ -45,6 +50,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("kafka_connect_timeout", "at start-up, how long to wait for Kafka to answer", 10.0, parse_duration,
            metavar="DURATION"),
     Option("status_interval", "how often to log a progress line and write status.json", 30.0,
+           parse_duration, metavar="DURATION"),
+    Option("max_clock_skew", "how far apart the fleet's host clocks may be (keep them in sync with NTP); a "
+           "host that takes a domain over from another versions that record this far ahead", 0.05,
            parse_duration, metavar="DURATION"),
     Option("metrics_address", "serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, e.g. "
            "127.0.0.1:9731, or :9731 on every address (default: off)", None, parse_address,
@@ -89,7 +97,21 @@ def settings_from(values: dict[str, Any]) -> AgentSettings:
         replication_factor=values["replication_factor"], shutdown_timeout=values["shutdown_timeout"],
         max_events_per_domain=values["max_events_per_domain"],
         kafka_connect_timeout=values["kafka_connect_timeout"], metrics_address=values["metrics_address"],
+        max_clock_skew=values["max_clock_skew"],
     )
+
+
+def _clock() -> Clock:
+    """The wall clock, or, for the fleet's clock-skew tests only, one offset by ``$BRIDGE_TEST_CLOCK_OFFSET_MS``."""
+    offset = os.environ.get(TEST_CLOCK_OFFSET)
+    if not offset:
+        return wall_clock_micros
+    try:
+        offset_us = int(float(offset) * 1000)
+    except ValueError:
+        raise UserError(f"{TEST_CLOCK_OFFSET}={offset!r} is not a number of milliseconds") from None
+    log.warning("test clock: this agent's clock is offset by %+.3f ms (%s)", offset_us / 1000, TEST_CLOCK_OFFSET)
+    return lambda: wall_clock_micros() + offset_us
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -102,7 +124,7 @@ def execute(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    agent = Agent(settings)
+    agent = Agent(settings, now=_clock())
     try:
         agent.start()
         while not stop.wait(values["status_interval"]):

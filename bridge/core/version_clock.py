@@ -41,7 +41,12 @@ class VersionClock:
         """Never issue a version at or below ``floor`` (the highest one persisted before)."""
         self._last = max(self._last, floor)
 
-    def tick(self) -> int:
-        """The next version: ``max(last + 1, now)``."""
-        self._last = max(self._last + 1, self._now())
+    def tick(self, ahead: int = 0) -> int:
+        """The next version: ``max(last + 1, now + ahead)``.
+
+        ``ahead`` (µs) is for a record that takes a domain over from another host (a migration's claim):
+        with host clocks within ``ahead`` of each other, it sorts above everything the previous owner
+        published, however short the gap between the two hosts' records (see :mod:`bridge.core.ownership`).
+        """
+        self._last = max(self._last + 1, self._now() + ahead)
         return self._last

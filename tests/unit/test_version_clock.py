@@ -36,3 +36,28 @@ def test_restore_floor_survives_a_clock_stepped_back(floor, now):
 def test_tracks_wall_clock_when_it_leads():
     clock = VersionClock(StepClock([100, 200, 200, 150]))
     assert [clock.tick() for _ in range(4)] == [100, 200, 201, 202]
+
+
+def test_a_claim_is_versioned_ahead_by_the_skew_bound_and_later_versions_keep_increasing():
+    now = [1_000_000]
+    clock = VersionClock(lambda: now[0])
+    assert clock.tick() == 1_000_000
+    claim = clock.tick(ahead=50_000)
+    assert claim == 1_050_000
+    # The wall clock has not caught up yet: the next versions continue above the claim.
+    assert clock.tick() == 1_050_001
+    now[0] = 2_000_000
+    assert clock.tick() == 2_000_000
+
+
+def test_a_claim_beats_the_previous_owners_last_version_under_any_skew_within_the_bound():
+    # Host A published its last record at real time t (its clock `skew` ahead); B claims 1 µs later on
+    # its own clock. Within the bound, B's claim sorts above A's last record, however short the gap.
+    bound = 50_000
+    for skew in (-bound + 1, -1, 0, 1, bound - 1):
+        t = 5_000_000
+        a_last = VersionClock(lambda t=t, skew=skew: t + skew).tick()
+        b = VersionClock(lambda t=t: t + 1)
+        assert b.tick(ahead=bound) > a_last, skew
+        if skew > 1:  # without the margin, a clock behind A's by more than the gap loses the claim
+            assert VersionClock(lambda t=t: t + 1).tick() < a_last, skew
