@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import UserError
+from bridge.redaction import masked, masked_url
 from bridge.serde import RecordCodec
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -19,9 +20,17 @@ class KafkaSettings:
     topic: str = "libvirt.domains"
     hosts_topic: str = "libvirt.hosts"
     kafka_config: dict[str, str] = field(default_factory=dict)
+    """librdkafka settings passed through (``security.protocol``, ``sasl.*``, ``ssl.*``…); secret values
+    (``sasl.password``…) are masked in repr."""
     schema_registry_url: str | None = None
-    schema_registry_config: dict[str, str] = field(default_factory=dict, repr=False)
-    """SchemaRegistryClient settings (``basic.auth.user.info``, ``ssl.*``…); kept out of repr: secrets."""
+    schema_registry_config: dict[str, str] = field(default_factory=dict)
+    """SchemaRegistryClient settings (``basic.auth.user.info``, ``ssl.*``…); secret values masked in repr."""
+
+    def __repr__(self) -> str:
+        return (f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, topic={self.topic!r}, "
+                f"hosts_topic={self.hosts_topic!r}, kafka_config={masked(self.kafka_config)!r}, "
+                f"schema_registry_url={masked_url(self.schema_registry_url)!r}, "
+                f"schema_registry_config={masked(self.schema_registry_config)!r})")
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> KafkaSettings:

@@ -22,6 +22,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from bridge.errors import UserError
+from bridge.kafka_problems import KAFKA_CONFIG_PLACES, error_text
 from bridge.logging_setup import librdkafka_logger
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ class Publisher:
         try:
             self._producer = Producer(self._config)
         except (KafkaException, ValueError, TypeError) as exc:
-            raise UserError(f"bad Kafka producer setting: {exc}") from None
+            raise UserError(f"bad Kafka producer setting in {KAFKA_CONFIG_PLACES}: "
+                            f"{error_text(exc, self._config)}") from None
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name="kafka-delivery", daemon=True)
         self._thread.start()
@@ -207,7 +209,7 @@ class Publisher:
                 seq.failed = True
                 self.delivery_errors += 1
                 self._last_delivery_ok = False
-                self._last_delivery_error = err.str()
+                self._last_delivery_error = error_text(err, self._config)
             if seq.outstanding:
                 done = False
             elif seq.failed:
@@ -222,7 +224,7 @@ class Publisher:
                 self._last_error = None
         if err is not None:
             log.warning("delivery failed (%s), will produce again: %s", "fatal" if err.fatal() else "retriable",
-                        err.str())
+                        error_text(err, self._config))
         if done:
             seq.on_done()
 
@@ -240,11 +242,12 @@ class Publisher:
                 self._produce(retry.seq_no, retry.sequence)
 
     def _on_error(self, err: KafkaError) -> None:
-        self._last_error = err.str()
+        text = error_text(err, self._config)  # as every text shown: status.json, /readyz, the log
+        self._last_error = text
         self.client_errors += 1
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._all_brokers_down = True
         if err.fatal():
-            log.error("Kafka producer fatal error: %s", err.str())
+            log.error("Kafka producer fatal error: %s", text)
         else:
-            log.warning("Kafka: %s", err.str())
+            log.warning("Kafka: %s", text)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.config import Option, parse_key_values, parse_secret_key_values
+from bridge.config import Option, parse_secret_key_values
 from bridge.kafka_settings import DEFAULT_BOOTSTRAP
 
 __all__ = ["KAFKA_OPTIONS"]
@@ -15,7 +15,7 @@ KAFKA_OPTIONS: tuple[Option, ...] = (
     Option("hosts_topic", "compacted topic of HostRecords, keyed by host id", "libvirt.hosts",
            metavar="TOPIC"),
     Option("kafka_config", "librdkafka setting passed through, e.g. security.protocol=SASL_SSL; "
-           "repeatable, or a [kafka] table in the config file", None, parse_key_values,
+           "repeatable, or a [kafka] table in the config file", None, parse_secret_key_values,
            metavar="KEY=VALUE", repeatable_kv=True),
     Option("schema_registry_url", "write the Confluent wire format with this Schema Registry "
            "instead of Avro single-object encoding", None, metavar="URL"),

@@ -16,11 +16,12 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fastavro
 
 from bridge.errors import DecodeError, UserError
+from bridge.redaction import redact as _redact
 from bridge.serde.schema_files import parse_plain
 
 MAGIC = b"\x00"
@@ -33,10 +34,6 @@ _CONFIG_PLACES = f"{CONFIG_SETTING} (or BRIDGE_SCHEMA_REGISTRY_CONFIG, or the co
 # SchemaRegistryClient wants numbers for these; settings arrive as text.
 _INT_KEYS = frozenset({"max.retries", "retries.wait.ms", "retries.max.wait.ms", "cache.capacity"})
 _FLOAT_KEYS = frozenset({"timeout", "cache.latest.ttl.sec"})
-# Values never shown: whole, and (for user:password) the password alone.
-_SECRET_KEYS = frozenset({
-    "basic.auth.user.info", "ssl.key.password", "bearer.auth.token", "bearer.auth.client.secret",
-})
 _PATH_KEYS = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location")
 # The Java client's key; the Python client takes the credentials from basic.auth.user.info or the URL.
 _CREDENTIALS_SOURCE = "basic.auth.credentials.source"
@@ -61,7 +58,7 @@ def registry_client(url: str, config: Mapping[str, str] | None = None) -> Any:
         return SchemaRegistryClient.new_client(conf)
     except (ValueError, TypeError, OSError) as exc:
         # Unknown keys, malformed user:password, unreadable certificate or key files.
-        raise UserError(f"bad {CONFIG_SETTING}: {redact(str(exc) or type(exc).__name__, conf)}") from None
+        raise UserError(f"bad {CONFIG_SETTING}: {_redact(str(exc) or type(exc).__name__, conf)}") from None
 
 
 def client_config(url: str, config: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -129,27 +126,16 @@ def _startup_error(exc: Exception, shown_url: str, conf: Mapping[str, Any]) -> U
                          f"in {_CONFIG_PLACES}")
     if status is not None:
         message = getattr(exc, "error_message", None)
-        said = f" ({redact(str(message), conf)})" if message else ""
+        said = f" ({_redact(str(message), conf)})" if message else ""
         return UserError(f"{where} answered HTTP {status} to GET /subjects{said}: is {URL_SETTING} the base URL "
                          f"of a Confluent-compatible API (for Apicurio Registry: .../apis/ccompat/v7)?")
-    detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, conf)
+    detail = _redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, conf)
     return UserError(f"cannot reach {where} ({URL_SETTING}): {detail}")
 
 
 def redact(text: str, conf: Mapping[str, Any]) -> str:
-    """``text`` with every secret value of ``conf`` (and each password part of user:password) masked."""
-    secrets: set[str] = set()
-    for key in _SECRET_KEYS:
-        value = conf.get(key)
-        if isinstance(value, str) and value:
-            secrets.add(value)
-            if key == "basic.auth.user.info" and ":" in value:
-                password = value.split(":", 1)[1]
-                if password:
-                    secrets.update({password, quote(password, safe="")})
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    """``text`` with every secret value of ``conf`` masked: the project's one rule, :mod:`bridge.redaction`."""
+    return _redact(text, conf)
 
 
 def _split_userinfo(url: str) -> tuple[str, str | None]:
