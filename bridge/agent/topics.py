@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -10,12 +11,23 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from bridge.errors import UserError
+from bridge.kafka_problems import KAFKA_CONFIG_PLACES, ProblemWatcher, error_text
 from bridge.logging_setup import librdkafka_logger
 
 log = logging.getLogger(__name__)
 
 
-def admin_client(client_config: dict[str, str]) -> AdminClient:
+class Admin(AdminClient):
+    """An admin client that remembers the security problems librdkafka reports (see ProblemWatcher)."""
+
+    def __init__(self, config: dict[str, Any], problems: ProblemWatcher) -> None:
+        conf: dict[str, Any] = {**config, "error_cb": problems}
+        super().__init__(conf)
+        self.problems = problems
+        self.client_config = config
+
+
+def admin_client(client_config: dict[str, str]) -> Admin:
     """An admin client for the configured cluster.
 
     Its librdkafka lines go to the ``librdkafka.admin`` logger at DEBUG at most: an unreachable
@@ -24,26 +36,45 @@ def admin_client(client_config: dict[str, str]) -> AdminClient:
     """
     config: dict[str, Any] = {**client_config, "logger": librdkafka_logger("admin", max_level=logging.DEBUG)}
     try:
-        return AdminClient(config)
+        return Admin(config, ProblemWatcher(client_config))
     except (KafkaException, ValueError, TypeError) as exc:
-        raise UserError(f"bad Kafka client setting: {exc}") from None
+        raise UserError(f"bad Kafka client setting in {KAFKA_CONFIG_PLACES}: "
+                        f"{error_text(exc, client_config)}") from None
 
 
 def serve_logs(admin: AdminClient) -> None:
-    """Hand librdkafka's queued log lines to the Python logger now."""
+    """Hand librdkafka's queued log lines (and error callbacks) to Python now."""
     admin.poll(0)
 
 
 def check_reachable(admin: AdminClient, bootstrap: str, timeout: float) -> int:
-    """The number of brokers, or UserError naming the unreachable bootstrap servers."""
-    try:
-        meta = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
+    """The number of brokers, or UserError naming the unreachable bootstrap servers.
+
+    With an :class:`Admin`, a refused login or an untrusted certificate ends the wait at once with a
+    UserError naming the setting to fix (``sasl.password``, ``ssl.ca.location``…), secrets masked.
+    """
+    problems = admin.problems if isinstance(admin, Admin) else None
+    config: dict[str, Any] = admin.client_config if isinstance(admin, Admin) else {}
+    deadline = time.monotonic() + timeout
+    attempt = min(1.0, timeout)
+    while True:
+        try:
+            meta = admin.list_topics(timeout=max(0.1, min(attempt, deadline - time.monotonic())))
+            return len(meta.brokers)
+        except KafkaException as exc:
+            failure = exc
         serve_logs(admin)
-        raise UserError(
-            f"cannot reach Kafka at --bootstrap-servers {bootstrap} within {timeout:g}s: {exc.args[0].str()}"
-        ) from None
-    return len(meta.brokers)
+        problem = problems.problem if problems is not None else None
+        if problem is not None and problem.definite:
+            raise UserError(problem.message)
+        if time.monotonic() >= deadline:
+            break
+        attempt *= 2
+    if problem is not None:
+        raise UserError(f"{problem.message} (no answer from --bootstrap-servers {bootstrap} within {timeout:g}s)")
+    raise UserError(
+        f"cannot reach Kafka at --bootstrap-servers {bootstrap} within {timeout:g}s: {error_text(failure, config)}"
+    )
 
 
 def ensure_compacted_topics(

@@ -12,6 +12,7 @@ from typing import Any
 from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_duration, parse_positive_int, resolve
 from bridge.consumer import ConsumerError, Informer, Snapshot
+from bridge.consumer.reflector import KafkaAccessError
 from bridge.errors import UserError
 from bridge.kafka_settings import KafkaSettings
 from bridge.records import DomainRecord
@@ -92,7 +93,9 @@ def open_synced_informer(values: dict[str, Any]) -> Informer:
                 f"(--sync-timeout waits longer)")
     except ConsumerError as exc:
         informer.stop()
-        raise UserError(str(exc)) from None
+        # Refused credentials or an untrusted certificate: the reflector's message names the setting.
+        cause = exc.__cause__
+        raise UserError(str(cause if isinstance(cause, KafkaAccessError) else exc)) from None
     except BaseException:
         informer.stop()
         raise

@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_duration, parse_positive_int, resolve
 from bridge.errors import DecodeError, UserError
+from bridge.kafka_problems import KAFKA_CONFIG_PLACES, ProblemWatcher, error_text
 from bridge.kafka_settings import KafkaSettings
 from bridge.logging_setup import librdkafka_logger
 from bridge.records import DomainRecord
@@ -63,24 +64,42 @@ def execute(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    consumer = Consumer({**kafka.client_config(), "logger": librdkafka_logger("tail", max_level=logging.DEBUG),
-                         "group.id": "libvirt-kafka-bridge-tail",
-                         "enable.auto.commit": False, "enable.partition.eof": False})
+    client_config = kafka.client_config()
+    problems = ProblemWatcher(client_config)
     try:
-        _assign(consumer, [kafka.topic, kafka.hosts_topic], args.from_beginning)
+        consumer = Consumer({**client_config, "logger": librdkafka_logger("tail", max_level=logging.DEBUG),
+                             "error_cb": problems, "group.id": "libvirt-kafka-bridge-tail",
+                             "enable.auto.commit": False, "enable.partition.eof": False})
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise UserError(f"invalid Kafka client setting in {KAFKA_CONFIG_PLACES}: "
+                        f"{error_text(exc, client_config)}") from None
+    try:
+        _assign(consumer, [kafka.topic, kafka.hosts_topic], args.from_beginning, problems, client_config)
         decoder = MessageDecoder(kafka.codec(), kafka.topic, kafka.hosts_topic)
-        return _loop(consumer, decoder, values, as_json, args.no_xml, stop, sys.stdout)
+        return _loop(consumer, decoder, values, as_json, args.no_xml, stop, sys.stdout, client_config)
     finally:
         consumer.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
-def _assign(consumer: Consumer, topics: list[str], from_beginning: bool) -> None:
-    try:
-        meta = consumer.list_topics(timeout=10)
-    except KafkaException as exc:
-        raise UserError(f"cannot reach Kafka: {exc.args[0].str()}") from None
+def _assign(consumer: Consumer, topics: list[str], from_beginning: bool, problems: ProblemWatcher,
+            client_config: dict[str, str], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    attempt = 1.0
+    while True:
+        try:
+            meta = consumer.list_topics(timeout=max(0.1, min(attempt, deadline - time.monotonic())))
+            break
+        except KafkaException as exc:
+            failure = exc
+        consumer.poll(0)  # serves the error callbacks: a refused login or an untrusted certificate
+        problem = problems.problem
+        if problem is not None and (problem.definite or time.monotonic() >= deadline):
+            raise UserError(problem.message)
+        if time.monotonic() >= deadline:
+            raise UserError(f"cannot reach Kafka: {error_text(failure, client_config)}")
+        attempt *= 2
     parts: list[TopicPartition] = []
     for topic in topics:
         tmeta = meta.topics.get(topic)
@@ -92,7 +111,7 @@ def _assign(consumer: Consumer, topics: list[str], from_beginning: bool) -> None
 
 
 def _loop(consumer: Consumer, decoder: MessageDecoder, values: dict[str, Any],
-          as_json: bool, no_xml: bool, stop: threading.Event, out: TextIO) -> int:
+          as_json: bool, no_xml: bool, stop: threading.Event, out: TextIO, client_config: dict[str, str]) -> int:
     printed = 0
     last_printed = time.monotonic()
     idle = values["idle_timeout"]
@@ -104,7 +123,7 @@ def _loop(consumer: Consumer, decoder: MessageDecoder, values: dict[str, Any],
             continue
         err = msg.error()
         if err is not None:
-            print(f"# kafka: {err.str()}", file=sys.stderr)
+            print(f"# kafka: {error_text(err, client_config)}", file=sys.stderr)
             continue
         line = _render(msg, decoder, values, as_json, no_xml)
         if line is None:

@@ -423,7 +423,10 @@ class Informer:
         try:
             self._reflector.run(self._stop)
         except Exception as exc:
-            log.exception("informer reader failed")
+            if isinstance(exc, ConsumerError):  # says what is wrong (e.g. refused credentials): no traceback
+                log.error("informer reader failed: %s", exc)
+            else:
+                log.exception("informer reader failed")
             with self._cond:
                 self._failure = exc
                 queues = [*self._live, *self._awaiting_sync]

@@ -6,13 +6,16 @@ skips what it cannot decode (counted, and logged with topic, partition and offse
 watermarks when it first reaches Kafka and reports *synced* once it has read up to all of them.
 
 It never gives up on a transient problem: an unreachable cluster or a missing topic is retried with
-backoff and shown in :attr:`Reflector.last_error`. It runs on a thread its owner starts (the informer);
+backoff and shown in :attr:`Reflector.last_error`. Only wrong security settings seen before it first
+reads (refused credentials, an untrusted broker certificate) stop it, with a :class:`KafkaAccessError`
+naming the setting. It runs on a thread its owner starts (the informer);
 :meth:`Reflector.run` returns when the owner's stop event is set. Partitions added while it runs are
 not read until the next start (adding partitions also moves keys, which the bridge does not support).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -25,6 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from bridge.consumer.position import Offset, Position
 from bridge.errors import BridgeError, DecodeError, UserError
+from bridge.kafka_problems import KAFKA_CONFIG_PLACES, KafkaProblem, diagnose, error_text
 from bridge.serde import MessageDecoder, Payload, ReadAs, RecordCodec
 from bridge.serde.message_decoder import Headers
 
@@ -37,6 +41,10 @@ class ConsumerError(BridgeError):
     """The reader cannot go on (a fatal Kafka client error)."""
 
 
+class KafkaAccessError(ConsumerError):
+    """Kafka refused the reader's security settings before it ever read (credentials refused, broker
+    certificate not trusted): the message names the setting to fix, secrets masked. Retrying the same
+    settings cannot help, so the reader stops instead of retrying."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,9 @@ class Reflector:
         self._counts = dict.fromkeys(("undecodable", *(r.value for r in ReadAs)), 0)
         self._last_error: str | None = "no answer from Kafka yet"
         self._warned: dict[object, float] = {}  # kind of error -> when it was last logged
+        self._settings = dict(client_config)  # for masking secrets in every message shown
+        self._connected = False
+        self._access_problem: KafkaProblem | None = None
         config: dict[str, Any] = {
             **client_config,
             # librdkafka insists on a group id; with assign() and no commits no group is ever joined.
@@ -126,7 +137,8 @@ class Reflector:
         try:
             self._consumer = consumer_factory(config)
         except (KafkaException, ValueError, TypeError) as exc:
-            raise UserError(f"invalid Kafka client setting: {exc}") from None
+            raise UserError(f"invalid Kafka client setting in {KAFKA_CONFIG_PLACES}: "
+                            f"{error_text(exc, self._settings)}") from None
         self._closed = False
 
     @property
@@ -172,6 +184,9 @@ class Reflector:
                 self._targets = self._watermarks(partitions, timeout)
             except _NotReady as exc:
                 self._set_error(str(exc))
+                self._serve_callbacks()
+                if self._access_problem is not None:
+                    raise KafkaAccessError(self._access_problem.message) from None
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 timeout = min(timeout * 2, self._request_timeout)
@@ -180,6 +195,7 @@ class Reflector:
                 TopicPartition(t, p, self._next.get((t, p), OFFSET_BEGINNING)) for t, p in partitions
             ])
             self._set_error(None)
+            self._connected = True
             log.info("reading %s and %s (%d partitions) from %s; sync target %s",
                      self._domain_topic, self._hosts_topic, len(partitions),
                      Position(self._next).encode() or "the beginning",
@@ -194,7 +210,7 @@ class Reflector:
             try:
                 meta = self._consumer.list_topics(topic, timeout=timeout)
             except KafkaException as exc:
-                raise _NotReady(f"cannot reach Kafka: {_kafka_message(exc)}") from None
+                raise _NotReady(f"cannot reach Kafka: {error_text(exc, self._settings)}") from None
             tmeta = meta.topics.get(topic)
             if tmeta is None or tmeta.error is not None or not tmeta.partitions:
                 error = tmeta.error if tmeta is not None else None
@@ -211,7 +227,7 @@ class Reflector:
                     TopicPartition(topic, partition), timeout=timeout, cached=False)
             except KafkaException as exc:
                 where = f"{topic}[{partition}]"
-                raise _NotReady(f"cannot read offsets of {where}: {_kafka_message(exc)}") from None
+                raise _NotReady(f"cannot read offsets of {where}: {error_text(exc, self._settings)}") from None
             if marks is None:
                 raise _NotReady(f"timed out reading offsets of {topic}[{partition}]")
             targets[(topic, partition)] = int(marks[1])
@@ -226,7 +242,7 @@ class Reflector:
             first = self._consumer.poll(self._poll_timeout)
             raw = [] if first is None else [first, *self._consumer.consume(self._batch_size - 1, 0)]
         except KafkaException as exc:
-            self._set_error(f"consume failed: {_kafka_message(exc)}")
+            self._set_error(f"consume failed: {error_text(exc, self._settings)}")
             return
         messages: list[Message] = []
         moved = False
@@ -240,8 +256,8 @@ class Reflector:
                     moved |= self._advance(msg.topic(), msg.partition(), msg.offset())
                     continue
                 if err.fatal():
-                    raise ConsumerError(f"fatal Kafka client error: {err.str()}")
-                self._set_error(err.str())
+                    raise ConsumerError(f"fatal Kafka client error: {error_text(err, self._settings)}")
+                self._set_error(error_text(err, self._settings))
                 continue
             source = Offset(msg.topic(), msg.partition(), msg.offset())
             moved |= self._advance(source.topic, source.partition, source.offset + 1)
@@ -291,9 +307,22 @@ class Reflector:
     def _on_client_error(self, err: KafkaError) -> None:
         # librdkafka reports transient trouble (brokers down, DNS) here, often many times a second,
         # and keeps retrying itself: record each, warn once per kind of error and minute.
+        text = error_text(err, self._settings)
         if err.fatal():
-            log.error("fatal Kafka client error: %s", err.str())
-        self._set_error(err.str(), kind=err.code())
+            log.error("fatal Kafka client error: %s", text)
+        problem = diagnose(err, self._settings)
+        if problem is not None and problem.definite and not self._connected:
+            self._access_problem = problem  # _connect raises it: the settings are wrong, not Kafka down
+            with self._lock:
+                self._last_error = problem.message
+            return
+        self._set_error(problem.message if problem is not None else text, kind=err.code())
+
+    def _serve_callbacks(self) -> None:
+        """Run the error callbacks librdkafka queued (a blocking metadata request does not serve them);
+        nothing is assigned yet, so no message can come."""
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._consumer.poll(0)
 
     def _set_error(self, message: str | None, kind: object = None) -> None:
         now = time.monotonic()
@@ -324,8 +353,3 @@ class _NotReady(Exception):
 
 def _short(key: bytes | None) -> bytes | None:
     return key if key is None or len(key) <= 64 else key[:64] + b"..."
-
-
-def _kafka_message(exc: KafkaException) -> str:
-    arg = exc.args[0] if exc.args else exc
-    return arg.str() if isinstance(arg, KafkaError) else str(arg)
