@@ -17,6 +17,7 @@ APT_PACKAGES=(
     gcc pkg-config libvirt-dev python3-dev python3-venv
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils tini
     iproute2 maven openjdk-17-jre-headless
+    systemd prometheus  # systemd-analyze verify and promtool, for the deploy/ tests
 )
 
 log() { echo "bootstrap: $*"; }
