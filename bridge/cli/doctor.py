@@ -20,11 +20,11 @@ Rules the checks settle (the contract leaves them open):
   RF 3 or more, is a warning (one broker lost can lose acknowledged records).
 - **State directory in use**: a warning, not a failure: the lock is held by the running agent of
   this host when ``doctor`` runs next to it; ``run`` with the same directory would exit 2.
-- **Clock**: the README's bound (:data:`CLOCK_BOUND_S`, NTP-grade). Without producing anything,
-  ``doctor`` reads the latest heartbeat of every host on the hosts topic: a Kafka timestamp in this
-  host's future by more than the bound means a clock disagrees (a clock *behind* this one looks like
-  an old heartbeat, so only being ahead is detectable this way). When the hosts topic stamps
-  ``LogAppendTime``, the broker's own clock is compared too.
+- **Clock**: the README's bound, ``--max-clock-skew`` (the one ``run`` versions hand-offs by). Without
+  producing anything, ``doctor`` reads the latest heartbeat of every host on the hosts topic: a
+  heartbeat time in this host's future by more than the bound means a clock disagrees (a clock
+  *behind* this one looks like an old heartbeat, so only being ahead is detectable this way). When
+  the hosts topic stamps ``LogAppendTime``, the broker's own clock is compared too.
 """
 
 from __future__ import annotations
@@ -55,8 +55,6 @@ from bridge.errors import DecodeError, UserError
 
 TOMBSTONE_RESYNCS = 3
 """``delete.retention.ms`` must be at least this many resync intervals (see the module docstring)."""
-CLOCK_BOUND_S = 0.020
-"""Host clocks must agree within this (README: about 20 ms, the migration hand-off gap)."""
 OK, WARN, FAIL, SKIP = "ok", "WARN", "FAIL", "skip"
 
 DESCRIPTION = f"""\
@@ -64,7 +62,7 @@ Check what `run` needs, with the same settings (flags, BRIDGE_* environment, --c
 libvirt reachable read-only and event registration; Kafka reachable with the security settings;
 both topics compacted, replication sane, delete.retention.ms at least {TOMBSTONE_RESYNCS} x --resync-interval
 (so a consumer that was down still sees tombstones until a resync can repair the delete); the state
-directory writable and not in use; host clocks within {CLOCK_BOUND_S * 1000:g} ms (read from heartbeats).
+directory writable and not in use; host clocks within --max-clock-skew (read from the heartbeats).
 One line per check; a WARN or FAIL line ends with the fix. Nothing is written to Kafka or libvirt.
 Exit status: 0 all passed (warnings allowed), 1 a check failed, 2 bad settings.
 """
@@ -345,12 +343,13 @@ def _clock_check(s: AgentSettings, now: Callable[[], float] = time.time) -> Resu
         return Result(SKIP, name, f"no decodable heartbeat on {k.hosts_topic}")
     worst, whose = max(ahead)
     hosts = len(latest)
-    if worst > CLOCK_BOUND_S:
-        return Result(WARN, name, f"{whose}'s clock is {worst * 1000:.0f} ms ahead of this host's (bound "
-                      f"{CLOCK_BOUND_S * 1000:g} ms; {hosts} heartbeat(s) read)",
+    bound_ms = s.max_clock_skew * 1000
+    if worst > s.max_clock_skew:
+        return Result(WARN, name, f"{whose}'s clock is {worst * 1000:.0f} ms ahead of this host's (more than "
+                      f"--max-clock-skew {bound_ms:g} ms; {hosts} heartbeat(s) read)",
                       "run NTP (chrony or systemd-timesyncd) on every host and check `chronyc tracking`: "
                       "versions across a live migration rely on clocks agreeing within the bound")
-    return Result(OK, name, f"no clock ahead of this host's by more than {CLOCK_BOUND_S * 1000:g} ms "
+    return Result(OK, name, f"no clock ahead of this host's by more than --max-clock-skew {bound_ms:g} ms "
                   f"({hosts} heartbeat(s) on {k.hosts_topic}; a clock behind shows as an old heartbeat)")
 
 

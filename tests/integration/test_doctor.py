@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge.cli.doctor import CLOCK_BOUND_S, TOMBSTONE_RESYNCS
+from bridge.cli.doctor import TOMBSTONE_RESYNCS
+from bridge.cli.run import TEST_CLOCK_OFFSET
 from tests.support.topics import create_compacted, unique_topics
 
 
@@ -40,7 +41,7 @@ def test_a_healthy_setup_passes_next_to_its_running_agent(kafka, libvirt_host, a
     for check in ("libvirt: connected to", "read-only", "libvirt events: 27 of the 27", "kafka: 1 broker(s)",
                   f"topic {agent.topic} cleanup.policy: compact", f"topic {agent.hosts_topic} cleanup.policy: compact",
                   f"topic {agent.topic} delete.retention.ms: 86400000 ms >= {TOMBSTONE_RESYNCS} x",
-                  f"no clock ahead of this host's by more than {CLOCK_BOUND_S * 1000:g} ms (1 heartbeat(s)"):
+                  "no clock ahead of this host's by more than --max-clock-skew 50 ms (1 heartbeat(s)"):
         assert check in out, out
     # The running agent holds the state directory's lock: said, with what to do, but not a failure.
     (in_use,) = [line for line in lines(result, "WARN") if "state dir" in line]
@@ -52,6 +53,21 @@ def test_a_healthy_setup_passes_next_to_its_running_agent(kafka, libvirt_host, a
     again = doctor(*run_args)
     assert again.returncode == 0 and "WARN" not in again.stdout, again.stdout  # lock released: all ok
     assert f"state dir: {agent.state_dir} is writable and not in use" in again.stdout
+
+
+def test_a_host_clock_ahead_of_this_one_is_a_warning_with_the_fix(kafka, libvirt_host, agent_factory, tmp_path):
+    fast = agent_factory(libvirt_host.test_uri, host_id="fast-clock", env={TEST_CLOCK_OFFSET: "2000"}).start()
+    run_args = fast.args[fast.args.index("run") + 1:]
+    args = [*run_args, "--host-id", "doctor-host", "--state-dir", str(tmp_path / "mine")]  # another host
+    result = doctor(*args)
+    assert result.returncode == 0, result.stdout + result.stderr  # a warning, not a failure
+    (clock,) = [line for line in lines(result, "WARN") if line.startswith("WARN  clock:")]
+    assert "host fast-clock's clock is" in clock and "ahead of this host's (more than --max-clock-skew 50 ms" in clock
+    ahead_ms = int(clock.split("clock is ")[1].split(" ms")[0])
+    assert 1900 <= ahead_ms <= 2000, clock  # the offset, less the heartbeat's age
+    assert "Fix: run NTP" in clock
+    # A bound wider than the offset accepts it.
+    assert "ok    clock:" in doctor(*args, "--max-clock-skew", "5s").stdout
 
 
 def test_a_topic_that_is_not_compacted_fails_with_the_fix(kafka, libvirt_host, tmp_path):
