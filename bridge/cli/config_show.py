@@ -16,35 +16,27 @@ import os
 import re
 import socket
 import tomllib
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bridge import redaction
 from bridge.cli import run
 from bridge.config import Option, add_options, parse_key_values, resolve
 
-MASK = "********"
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "user.info", "jaas", "private")
+MASK = redaction.MASK
 
 
 def is_secret(key: str) -> bool:
-    """A pass-through key whose value is a secret: a password, secret, token or credential, the Schema
-    Registry's ``basic.auth.user.info``, a JAAS config, or key material (``ssl.key.pem``,
-    ``ssl.keystore.password``...; a ``*.location`` is a path and is shown)."""
-    lowered = key.lower()
-    if any(word in lowered for word in _SECRET_WORDS):
-        return True
-    return "key" in lowered and not lowered.endswith(".location")
+    """The project's one rule (:func:`bridge.redaction.is_secret_key`): a password, secret, token or
+    credential, ``basic.auth.user.info``, a JAAS config, or key material (``ssl.key.pem``; a
+    ``*.location`` is a path and is shown)."""
+    return redaction.is_secret_key(key)
 
 
 def mask_url(url: str) -> str:
     """A URL with the password of its user-info masked."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return redaction.masked_url(url) or url
 
 
 def add_parser(sub: Any) -> None:

@@ -103,7 +103,7 @@ def test_no_secret_is_ever_printed(capsys, sources):
 def test_the_toml_output_is_a_config_file_with_the_same_settings(capsys, sources, tmp_path, monkeypatch):
     status, out, _ = show(capsys, *sources)
     assert status == 0
-    assert '"sasl.password" = "********"  # file ' in out and "host_id = \"from-env\"  # env BRIDGE_HOST_ID" in out
+    assert f'"sasl.password" = "{MASK}"  # file ' in out and "host_id = \"from-env\"  # env BRIDGE_HOST_ID" in out
     assert "# replication_factor = (not set)  # default" in out
     written = tomllib.loads(out)  # valid TOML: comments carry the sources
     assert written["kafka"]["sasl.username"] == "env-user" and written["metrics_address"] == ":9731"
