@@ -33,7 +33,7 @@ from bridge.agent.work_queue import WorkQueue
 from bridge.core.version_clock import Clock, wall_clock_micros
 from bridge.errors import UserError
 from bridge.kafka_settings import KafkaSettings
-from bridge.records import AgentInfo, HostStatus
+from bridge.records import AgentInfo
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,7 @@ class Agent:
         if self._session is not None:
             self._session.stop_events()
         if self._pipeline is not None:
-            clean = self._pipeline.drain_and_stop(deadline)
-            self._pipeline.publish_host_status(HostStatus.STOPPING)
+            clean = self._pipeline.drain_and_stop(deadline)  # its last step publishes STOPPING
         if self._publisher is not None:
             left = self._publisher.flush(max(0.5, deadline - time.monotonic()))
             clean = clean and left == 0

@@ -53,11 +53,13 @@ def test_a_claim_is_versioned_ahead_by_the_skew_bound_and_later_versions_keep_in
 def test_a_claim_beats_the_previous_owners_last_version_under_any_skew_within_the_bound():
     # Host A published its last record at real time t (its clock `skew` ahead); B claims 1 µs later on
     # its own clock. Within the bound, B's claim sorts above A's last record, however short the gap.
-    bound = 50_000
+    bound, t = 50_000, 5_000_000
+
+    def at(micros: int) -> VersionClock:
+        return VersionClock(lambda: micros)
+
     for skew in (-bound + 1, -1, 0, 1, bound - 1):
-        t = 5_000_000
-        a_last = VersionClock(lambda t=t, skew=skew: t + skew).tick()
-        b = VersionClock(lambda t=t: t + 1)
-        assert b.tick(ahead=bound) > a_last, skew
+        a_last = at(t + skew).tick()
+        assert at(t + 1).tick(ahead=bound) > a_last, skew
         if skew > 1:  # without the margin, a clock behind A's by more than the gap loses the claim
-            assert VersionClock(lambda t=t: t + 1).tick() < a_last, skew
+            assert at(t + 1).tick() < a_last, skew

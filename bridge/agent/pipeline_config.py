@@ -1,0 +1,56 @@
+"""What the pipeline's parts share: its settings, its counters, and where it reports latencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.records import DomainRecord
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    host: str
+    domains_topic: str
+    hosts_topic: str
+    resync_interval: float
+    heartbeat_interval: float
+    batch_size: int = 256
+    snapshot_readers: int = 4
+    """Snapshot reads in parallel (each is several libvirt round-trips)."""
+    not_found_retry: float = 0.5
+    """Seconds to keep retrying ``Domain not found`` for a domain whose events don't say it is gone."""
+    max_clock_skew: float = 0.05
+    """Seconds host clocks may differ by; a claim's version is taken that far ahead (the version rule)."""
+
+
+@dataclass
+class PipelineStats:
+    """Counters of the ``pipeline`` thread; written only there, read by the agent's status (a snapshot
+    of ints and dicts, so a torn read is at worst one update behind)."""
+
+    records: int = 0
+    deleted: int = 0
+    resyncs_completed: int = 0
+    events_published: int = 0
+    events_not_owned: int = 0
+    events_coalesced: int = 0
+    """Events that shared their record with an earlier event (a record of n events adds n - 1)."""
+    records_by_kind: dict[str, int] = field(default_factory=dict)
+    events_published_by_id: dict[str, int] = field(default_factory=dict)
+    last_resync_seconds: float | None = None
+    """The latest completed resync, from its ``listed_at`` to its inventory."""
+    last_resync_completed_at: float | None = None
+    """Seconds since the epoch."""
+    owned_domains: int = 0
+    """Domains in the latest inventory."""
+    handed_off_domains: int = 0
+    incoming_domains: int = 0
+
+
+class PipelineObserver(Protocol):
+    """Where latencies are observed (the agent's metrics); called from the pipeline's threads."""
+
+    def snapshot_read(self, seconds: float) -> None: ...
+
+    def record_acked(self, record: DomainRecord) -> None: ...

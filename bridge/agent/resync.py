@@ -1,0 +1,188 @@
+"""The resync part of the pipeline: the listing, its inventory, and the HostRecord with its heartbeat.
+
+Debezium calls this the snapshot; here *snapshot* is one domain's state, so the full relisting is the
+*resync*. A resync lists every domain, lets the ownership rules learn from each listed state, queues a
+``RESYNC`` record for every domain owned here (:mod:`bridge.agent.streaming` publishes them like any
+other batch), and, once every one of them is acknowledged, publishes the HostRecord whose inventory
+lists them with a ``listed_at`` taken before the listing (:class:`bridge.core.inventory.ResyncTracker`).
+
+The HostRecord is refreshed every heartbeat interval with the latest completed inventory and the
+host's status: ``UP``, ``LIBVIRT_UNREACHABLE`` while libvirt is away, ``STOPPING`` at the end of a
+drain. At most one is in flight, so a Kafka outage does not pile them up.
+
+Runs on the ``pipeline`` thread (see :class:`bridge.agent.pipeline.Pipeline`); the one thing another
+thread touches is the in-flight flag of the HostRecord, an Event the delivery thread clears on its ack.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid as uuid_mod
+from collections.abc import Callable
+from dataclasses import replace
+
+from bridge.agent.libvirt_names import reason_name, state_name
+from bridge.agent.libvirt_session import ConnectionLost, LibvirtSession, one_line
+from bridge.agent.pipeline_config import PipelineConfig, PipelineStats
+from bridge.agent.publisher import Message, Publisher
+from bridge.agent.snapshot import listed_state
+from bridge.agent.state_store import StateStore
+from bridge.agent.work_queue import WorkQueue
+from bridge.core.coalescer import Batch
+from bridge.core.inventory import ResyncTracker
+from bridge.core.ownership import Ownership
+from bridge.core.version_clock import Clock, VersionClock
+from bridge.records import AgentInfo, HostRecord, HostStatus
+from bridge.serde import RecordCodec, cloud_events
+
+log = logging.getLogger(__name__)
+
+
+class Resync:
+    """Lists, tracks the inventory, publishes the HostRecord. Owned by the pipeline."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        session: LibvirtSession,
+        queue: WorkQueue,
+        store: StateStore,
+        publisher: Publisher,
+        codec: RecordCodec,
+        clock: VersionClock,
+        ownership: Ownership,
+        stats: PipelineStats,
+        agent_info: Callable[[], AgentInfo],
+        now: Clock,
+        save_roles: Callable[[], None],
+    ) -> None:
+        self._cfg = config
+        self._session = session
+        self._queue = queue
+        self._store = store
+        self._publisher = publisher
+        self._codec = codec
+        self._clock = clock
+        self._ownership = ownership
+        self._stats = stats
+        self._agent_info = agent_info
+        self._now = now
+        self._save_roles = save_roles
+        self._tracker: ResyncTracker | None = None
+        self._inventory: HostRecord | None = None
+        self._host_in_flight = threading.Event()  # set here, cleared by the ack on the delivery thread
+        self._published_resync_id: str | None = None
+        self._announced: HostStatus | None = None
+        self.next_heartbeat = 0.0
+        """Monotonic time the next heartbeat is due."""
+
+    # -- the listing --------------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """List every domain and queue the RESYNC records; False if libvirt failed (retry later)."""
+        try:
+            conn = self._session.connection()
+            listed_at = self._clock.tick()
+            # Persist listed_at like any version: after a restart, even with the clock stepped back,
+            # new records must sort above the inventory a consumer may still apply.
+            self._store.raise_floor(listed_at)
+            listed: list[str] = []
+            owned: list[str] = []
+            for dom in conn.listAllDomains(0):
+                uuid = dom.UUIDString()
+                listed.append(uuid)
+                # PAUSED/MIGRATION is an incoming migration only if the domain's job says so: a
+                # domain restored paused from a save image shows the same pair (see ownership).
+                state, reason, job = listed_state(dom)
+                active = dom.ID() != -1  # carried by the listing reply, like the snapshot's
+                if self._ownership.on_listed(uuid, state_name(state), reason_name(state, reason), active, job=job):
+                    owned.append(uuid)
+        except ConnectionLost:
+            return False
+        except Exception as exc:
+            log.warning("resync listing failed: %s; retrying after reconnect", one_line(exc))
+            self._session.mark_lost()
+            return False
+        self._ownership.forget_absent(listed, listed_at=self._now())
+        self._save_roles()
+        resync_id = uuid_mod.uuid4().hex
+        self._tracker = ResyncTracker(resync_id, listed_at, owned)
+        log.info("resync %s: %d domains listed, %d owned here", resync_id[:8], len(listed), len(owned))
+        self._queue.request_resync(owned, resync_id)
+        self._finish_if_complete()
+        return True
+
+    # -- tracking the listing's records (called by the streaming part) ------------------------------
+
+    def assigned(self, batch: Batch, version: int) -> None:
+        """A RESYNC record of ``batch`` got ``version``."""
+        if self._tracker is not None and batch.resync_id == self._tracker.resync_id:
+            self._tracker.assigned(batch.uuid, version)
+
+    def dropped(self, batch: Batch) -> None:
+        """``batch``'s domain will not be in this resync's inventory (gone, or no longer owned)."""
+        if self._tracker is not None and batch.resync_id == self._tracker.resync_id:
+            self._tracker.dropped(batch.uuid)
+
+    def handle_acks(self) -> None:
+        """Take the acknowledged domains from the queue; publish the inventory once all are."""
+        for uuid, resync_id in self._queue.drain_acks():
+            if self._tracker is not None and self._tracker.resync_id == resync_id:
+                self._tracker.acked(uuid)
+        self._finish_if_complete()
+
+    def _finish_if_complete(self) -> None:
+        tracker = self._tracker
+        if tracker is None or not tracker.complete:
+            return
+        self._tracker = None
+        now = self._now()
+        self._inventory = HostRecord(
+            host=self._cfg.host, agent=self._agent_info(), heartbeat_at=now,
+            resync_id=tracker.resync_id, listed_at=tracker.listed_at, domains=tracker.inventory(),
+            heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000),
+        )
+        self._stats.resyncs_completed += 1
+        self._stats.last_resync_seconds = max(0.0, (now - tracker.listed_at) / 1e6)
+        self._stats.last_resync_completed_at = now / 1e6
+        self._stats.owned_domains = len(self._inventory.domains)
+        log.info("resync %s complete: %d domains in the inventory", tracker.resync_id[:8],
+                 len(self._inventory.domains))
+        self.next_heartbeat = time.monotonic() + self._cfg.heartbeat_interval
+        self.publish_host(HostStatus.UP)
+
+    # -- the HostRecord -----------------------------------------------------------------------------
+
+    def heartbeat(self, status: HostStatus) -> None:
+        """Publish the HostRecord when due, and at once when ``status`` differs from the last one sent."""
+        now = time.monotonic()
+        changed = status is not self._announced
+        if not changed and now < self.next_heartbeat:
+            return
+        if self.publish_host(status) or not changed:
+            self.next_heartbeat = now + self._cfg.heartbeat_interval
+        else:
+            self.next_heartbeat = now + min(0.2, self._cfg.heartbeat_interval)  # the change waits for the ack
+
+    def publish_host(self, status: HostStatus) -> bool:
+        """Produce the HostRecord with ``status``; False if held back behind the one in flight."""
+        # One heartbeat in flight at most: during a Kafka outage they must not pile up in the
+        # producer's queue (memory stays bounded by the number of domains, not the outage's length).
+        # A new inventory and STOPPING are not held back.
+        base = self._inventory or HostRecord(
+            host=self._cfg.host, agent=self._agent_info(), heartbeat_at=0,
+            heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000),
+        )
+        if (self._host_in_flight.is_set() and status is not HostStatus.STOPPING
+                and base.resync_id == self._published_resync_id):
+            return False
+        record = replace(base, agent=self._agent_info(), heartbeat_at=self._now(), status=status)
+        msg = Message(self._cfg.hosts_topic, self._cfg.host.encode(), self._codec.encode_host(record),
+                      cloud_events.host_headers(record))
+        self._host_in_flight.set()
+        self._published_resync_id = base.resync_id
+        self._announced = status
+        self._publisher.publish([msg], self._host_in_flight.clear)
+        return True
