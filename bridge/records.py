@@ -169,6 +169,8 @@ class HostRecord:
     listed_at: int | None = None
     domains: tuple[InventoryEntry, ...] = ()
     heartbeat_interval_ms: int = 30_000
+    signal_id: str | None = None
+    """The resync signal the inventory's resync answered (``libvirt-kafka-bridge resync``), if any."""
 
     def to_avro(self) -> dict[str, Any]:
         return {
@@ -180,6 +182,7 @@ class HostRecord:
             "listed_at": self.listed_at,
             "domains": [{"uuid": e.uuid, "version": e.version} for e in self.domains],
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "signal_id": self.signal_id,
         }
 
     @classmethod
@@ -194,6 +197,7 @@ class HostRecord:
             listed_at=None if listed_at is None else int(listed_at),
             domains=tuple(InventoryEntry(str(e["uuid"]), int(e["version"])) for e in d.get("domains") or ()),
             heartbeat_interval_ms=int(d.get("heartbeat_interval_ms") or 30_000),
+            signal_id=d.get("signal_id"),
         )
 
 

@@ -16,7 +16,7 @@ import time
 import uuid as uuid_mod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from bridge import __version__
 from bridge.agent.event_capture import EventCapture
@@ -26,6 +26,7 @@ from bridge.agent.libvirt_session import LibvirtSession
 from bridge.agent.metrics import AgentMetrics
 from bridge.agent.pipeline import Pipeline, PipelineConfig
 from bridge.agent.publisher import Publisher
+from bridge.agent.signal_listener import SignalListener
 from bridge.agent.snapshot import SnapshotReader
 from bridge.agent.state_store import StateStore
 from bridge.agent.topics import admin_client, check_reachable, ensure_compacted_topics, serve_logs
@@ -34,6 +35,7 @@ from bridge.core.version_clock import Clock, wall_clock_micros
 from bridge.errors import UserError
 from bridge.kafka_settings import KafkaSettings
 from bridge.records import AgentInfo
+from bridge.signals import DEFAULT_CONTROL_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,15 @@ class AgentSettings:
     """Serve /metrics, /healthz and /readyz here (host, port); None: no HTTP endpoint."""
     max_clock_skew: float = 0.05
     """How far apart host clocks may be (seconds); see the version rule in the README."""
+    control_topic: str | None = DEFAULT_CONTROL_TOPIC
+    """Where resync signals arrive (:mod:`bridge.signals`); None: not listening."""
+
+
+class _Threaded(Protocol):
+    """A part of the agent that runs a thread of its own."""
+
+    @property
+    def alive(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,7 @@ class Agent:
         self.metrics = AgentMetrics(self.status, self._info_labels, now)
         """This agent's Prometheus registry (``metrics.registry``), served on ``--metrics-address``."""
         self._http: MetricsServer | None = None
+        self._signals: SignalListener | None = None
 
     def start(self) -> None:
         """Connect everything and start publishing; UserError for anything the user must fix."""
@@ -138,6 +150,10 @@ class Agent:
                 self._publisher, codec, self._current_agent_info, self._now, observer=self.metrics,
             )
             self._pipeline.start()
+            if s.control_topic:
+                self._signals = SignalListener(s.kafka.client_config(), s.control_topic, s.host_id,
+                                               lambda signal: self._request_resync(signal.id))
+                self._signals.start()
         except BaseException:
             self._teardown()
             raise
@@ -207,8 +223,12 @@ class Agent:
 
     def health(self) -> tuple[bool, str]:
         """``/healthz``: (True, "ok") while every thread of the agent is alive, else what is not."""
-        parts = {"pipeline": self._pipeline, "Kafka delivery": self._publisher, "libvirt reconnect": self._session,
-                 "libvirt event loop": self._loop}
+        parts: dict[str, _Threaded | None] = {
+            "pipeline": self._pipeline, "Kafka delivery": self._publisher, "libvirt reconnect": self._session,
+            "libvirt event loop": self._loop,
+        }
+        if self.settings.control_topic:
+            parts["control signals"] = self._signals
         if any(part is None for part in parts.values()):
             return False, "not running (starting or stopped)"
         dead = [name for name, part in parts.items() if part is not None and not part.alive]
@@ -266,8 +286,11 @@ class Agent:
         return self._agent_info
 
     def _on_reconnected(self) -> None:
+        self._request_resync(None)
+
+    def _request_resync(self, signal_id: str | None) -> None:
         if self._pipeline is not None:
-            self._pipeline.request_resync()
+            self._pipeline.request_resync(signal_id)
 
     def _prepare_kafka(self) -> None:
         k = self.settings.kafka
@@ -278,8 +301,11 @@ class Agent:
             # acks=all only protects what min.insync.replicas replicas hold: with RF 3, require 2 so
             # losing one broker loses no acknowledged record (a stock broker defaults to 1).
             extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
+            topics = {k.topic: self.settings.partitions, k.hosts_topic: min(3, self.settings.partitions)}
+            if self.settings.control_topic:
+                topics[self.settings.control_topic] = 1  # a signal per target host, compacted: tiny
             ensure_compacted_topics(
-                admin, {k.topic: self.settings.partitions, k.hosts_topic: min(3, self.settings.partitions)}, rf,
+                admin, topics, rf,
                 extra_config=extra, timeout=max(10.0, self.settings.kafka_connect_timeout),
             )
         finally:
@@ -302,6 +328,7 @@ class Agent:
     def _teardown(self) -> None:
         for stop in (
             self._http.stop if self._http else None,
+            self._signals.stop if self._signals else None,
             self._pipeline.stop if self._pipeline else None,
             self._session.stop if self._session else None,
             self._loop.stop if self._loop else None,
@@ -313,7 +340,7 @@ class Agent:
                     stop()
                 except Exception:
                     log.exception("error while stopping")
-        self._pipeline = self._session = self._loop = self._publisher = self._http = None
+        self._pipeline = self._session = self._loop = self._publisher = self._http = self._signals = None
         self._store = None
         if self._lock_file is not None:
             self._lock_file.close()

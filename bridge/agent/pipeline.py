@@ -71,6 +71,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._resync_requested = threading.Event()
         self._drain_deadline: float | None = None  # set by drain_and_stop on the caller's thread
+        self._signal_lock = threading.Lock()  # guards _signal_id, set by the control-signals thread
+        self._signal_id: str | None = None
         self._thread: threading.Thread | None = None
         self._next_resync = 0.0
         self._resync = Resync(config, session, queue, store, publisher, codec, self.clock, self.ownership,
@@ -92,8 +94,11 @@ class Pipeline:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def request_resync(self) -> None:
-        """Resync soon (after a reconnect); safe from any thread."""
+    def request_resync(self, signal_id: str | None = None) -> None:
+        """Resync soon (after a reconnect, or for a resync signal); safe from any thread."""
+        if signal_id is not None:
+            with self._signal_lock:
+                self._signal_id = signal_id  # several before the resync starts: one resync answers all
         self._resync_requested.set()
         self._queue.wake()
 
@@ -150,8 +155,10 @@ class Pipeline:
             # The ownership timing rule (module doc): the whole listing before any batch is taken.
             self._resync_requested.clear()
             self._next_resync = now + self._cfg.resync_interval
-            if not self._resync.start():
-                self._resync_requested.set()  # libvirt went away: again after the reconnect
+            with self._signal_lock:
+                signal_id, self._signal_id = self._signal_id, None
+            if not self._resync.start(signal_id):
+                self.request_resync(signal_id)  # libvirt went away: again after the reconnect
         if not draining:
             self._resync.heartbeat(HostStatus.UP)
         wait = max(0.0, min(self._next_resync, self._resync.next_heartbeat) - time.monotonic())

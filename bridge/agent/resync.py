@@ -71,6 +71,7 @@ class Resync:
         self._now = now
         self._save_roles = save_roles
         self._tracker: ResyncTracker | None = None
+        self._tracker_signal: str | None = None
         self._inventory: HostRecord | None = None
         self._host_in_flight = threading.Event()  # set here, cleared by the ack on the delivery thread
         self._published_resync_id: str | None = None
@@ -80,8 +81,11 @@ class Resync:
 
     # -- the listing --------------------------------------------------------------------------------
 
-    def start(self) -> bool:
-        """List every domain and queue the RESYNC records; False if libvirt failed (retry later)."""
+    def start(self, signal_id: str | None = None) -> bool:
+        """List every domain and queue the RESYNC records; False if libvirt failed (retry later).
+
+        ``signal_id``: the resync signal this resync answers; its HostRecord will carry it.
+        """
         try:
             conn = self._session.connection()
             listed_at = self._clock.tick()
@@ -109,7 +113,9 @@ class Resync:
         self._save_roles()
         resync_id = uuid_mod.uuid4().hex
         self._tracker = ResyncTracker(resync_id, listed_at, owned)
-        log.info("resync %s: %d domains listed, %d owned here", resync_id[:8], len(listed), len(owned))
+        self._tracker_signal = signal_id
+        log.info("resync %s: %d domains listed, %d owned here%s", resync_id[:8], len(listed), len(owned),
+                 f" (answering signal {signal_id[:8]})" if signal_id else "")
         self._queue.request_resync(owned, resync_id)
         self._finish_if_complete()
         return True
@@ -142,7 +148,7 @@ class Resync:
         self._inventory = HostRecord(
             host=self._cfg.host, agent=self._agent_info(), heartbeat_at=now,
             resync_id=tracker.resync_id, listed_at=tracker.listed_at, domains=tracker.inventory(),
-            heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000),
+            heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000), signal_id=self._tracker_signal,
         )
         self._stats.resyncs_completed += 1
         self._stats.last_resync_seconds = max(0.0, (now - tracker.listed_at) / 1e6)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge import __version__
-from bridge.cli import config_show, doctor, run, state, tail, watch
+from bridge.cli import config_show, doctor, resync, run, state, tail, watch
 from bridge.errors import UserError
 from bridge.logging_setup import LOG_FORMATS, configure_logging
 
@@ -22,6 +22,7 @@ Turns libvirt domain events into a versioned, compacted Kafka log, and reads it 
   tail    print the records on the topics as they are (decoded)
   state   the fleet's current domains, rebuilt from the log alone
   watch   the current domains, then every change as it happens
+  resync  ask agents to relist their domains now (a signal on the control topic)
   doctor  check libvirt, Kafka, the topics, the state directory and the clock with run's settings
   config  `config show`: the effective settings of run and where each came from, secrets masked
 
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text for people, json for log shippers: one JSON object per line, "
                              "librdkafka's lines included (default: text); env BRIDGE_LOG_FORMAT")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (run, tail, state, watch, doctor, config_show):
+    for module in (run, tail, state, watch, resync, doctor, config_show):
         module.add_parser(sub)
     return parser
 

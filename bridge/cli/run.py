@@ -20,6 +20,7 @@ from bridge.config import Option, add_options, parse_bool, parse_duration, parse
 from bridge.core.version_clock import Clock, wall_clock_micros
 from bridge.errors import UserError
 from bridge.kafka_settings import KafkaSettings
+from bridge.signals import DEFAULT_CONTROL_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DURATION"),
     Option("status_interval", "how often to log a progress line and write status.json", 30.0,
            parse_duration, metavar="DURATION"),
+    Option("control_topic", "compacted topic the agent reads resync signals from (`resync`); created if "
+           "missing; empty: don't listen", DEFAULT_CONTROL_TOPIC, metavar="TOPIC"),
     Option("max_clock_skew", "how far apart the fleet's host clocks may be (keep them in sync with NTP); a "
            "host that takes a domain over from another versions that record this far ahead", 0.05,
            parse_duration, metavar="DURATION"),
@@ -97,7 +100,7 @@ def settings_from(values: dict[str, Any]) -> AgentSettings:
         replication_factor=values["replication_factor"], shutdown_timeout=values["shutdown_timeout"],
         max_events_per_domain=values["max_events_per_domain"],
         kafka_connect_timeout=values["kafka_connect_timeout"], metrics_address=values["metrics_address"],
-        max_clock_skew=values["max_clock_skew"],
+        max_clock_skew=values["max_clock_skew"], control_topic=values["control_topic"] or None,
     )
 
 

@@ -1,0 +1,68 @@
+"""Resync on demand: the signal written to the control topic, as Debezium's signals do for snapshots.
+
+``libvirt-kafka-bridge resync --host H`` (or ``--all``) writes one message to the control topic
+(default ``libvirt.control``, compacted, created by the agents): key the target host id, or ``*`` for
+every host; value a small JSON object. An agent reads the topic from its end while it runs, and a
+signal for its host id (or ``*``) makes it resync at once; the HostRecord with that resync's inventory
+carries the signal's id in ``signal_id``.
+
+Who may write to the control topic may make every agent relist its domains: grant WRITE on it to the
+operators who run ``resync``, READ to the agents' principals, nothing to anyone else (Kafka ACLs).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid as uuid_mod
+from dataclasses import dataclass
+
+from bridge.errors import DecodeError
+
+ALL_HOSTS = "*"
+DEFAULT_CONTROL_TOPIC = "libvirt.control"
+_TYPE = "resync"
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncSignal:
+    """A request that ``host`` (or every host, :data:`ALL_HOSTS`) resync now."""
+
+    host: str
+    id: str
+    requested_at: int
+    """Microseconds since the epoch."""
+    requested_by: str = ""
+
+    @classmethod
+    def new(cls, host: str, requested_at: int, requested_by: str = "") -> ResyncSignal:
+        return cls(host, uuid_mod.uuid4().hex, requested_at, requested_by)
+
+    def key(self) -> bytes:
+        return self.host.encode()
+
+    def value(self) -> bytes:
+        return json.dumps({"type": _TYPE, "id": self.id, "host": self.host, "requested_at": self.requested_at,
+                           "requested_by": self.requested_by}, sort_keys=True).encode()
+
+    def addresses(self, host: str) -> bool:
+        """True if the agent of ``host`` must act on this signal."""
+        return self.host in (ALL_HOSTS, host)
+
+    @classmethod
+    def decode(cls, key: bytes | None, value: bytes | None) -> ResyncSignal:
+        """Parse a control-topic message; DecodeError naming what is wrong with anything else."""
+        if value is None:
+            raise DecodeError("a tombstone, not a signal")
+        try:
+            d = json.loads(value)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DecodeError(f"not JSON: {exc}") from None
+        if not isinstance(d, dict) or d.get("type") != _TYPE:
+            raise DecodeError("not a resync signal (no \"type\": \"resync\")")
+        try:
+            signal = cls(str(d["host"]), str(d["id"]), int(d["requested_at"]), str(d.get("requested_by", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"a resync signal without a valid {exc}") from None
+        if key is not None and key != signal.key():
+            raise DecodeError(f"signal for host {signal.host!r} sent under key {key!r}")
+        return signal
