@@ -1,0 +1,172 @@
+"""The view: the store, the position it reflects, the recent changes, and applying the reader's batches.
+
+One :class:`View` per informer. The reflector thread applies each batch atomically (:meth:`View.apply`):
+a snapshot (:meth:`View.snapshot`) never sees half a batch, and always matches the position it
+reports. The delivery fan-out subscribes through :meth:`View.subscribe`, which runs while no batch is
+being applied, so what a new reader is given (the synced view as adds, or the changes after a
+position) and what it gets next never overlap or leave a gap.
+
+``_cond`` (a Condition) guards ``_store``, ``_position``, ``_history``, ``_synced`` and ``counters``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from bridge.consumer.changes import Change, ChangeCause, ChangeType
+from bridge.consumer.history import ChangeHistory
+from bridge.consumer.position import Position
+from bridge.consumer.reflector import Batch
+from bridge.consumer.snapshot import Snapshot
+from bridge.consumer.store import Outcome, Store
+from bridge.records import DomainRecord, HostRecord
+from bridge.serde import DomainTombstone, HostTombstone
+
+T = TypeVar("T")
+
+Clock = Callable[[], int]
+"""Microseconds since the epoch."""
+
+
+@dataclass
+class ViewCounters:
+    """Messages the view took in or left out, since it was made."""
+
+    applied: int = 0
+    """Messages taken into the view (newer than anything seen for their key)."""
+    skipped_older: int = 0
+    """Domain records not newer than a version already seen: duplicates or out of order."""
+    listed_away: int = 0
+    """Domain records their host's latest inventory had already listed away."""
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome is Outcome.APPLIED:
+            self.applied += 1
+        elif outcome is Outcome.OLDER:
+            self.skipped_older += 1
+        elif outcome is Outcome.LISTED_AWAY:
+            self.listed_away += 1
+
+
+class View:
+    """The consistent view of the fleet that an informer serves."""
+
+    def __init__(self, store: Store, position: Position, history: int, clock: Clock) -> None:
+        self._cond = threading.Condition()
+        self._store = store
+        self._position = position
+        self._history = ChangeHistory(history)
+        self._clock = clock
+        self._synced = False
+        self.counters = ViewCounters()
+
+    # -- the reflector's side ----------------------------------------------------------------------
+
+    def apply(self, batch: Batch, deliver: Callable[[list[Change], list[Change] | None], None]) -> None:
+        """Apply one batch atomically, then ``deliver(changes, initial_adds)`` still inside it.
+
+        ``initial_adds`` is the whole view as ADDED changes when this batch made the view synced,
+        else None: readers that waited for the sync start from it.
+        """
+        changes: list[Change] = []
+        hosts_changed = False
+        with self._cond:
+            for message in batch.messages:
+                payload, source = message.payload, message.source
+                if isinstance(payload, DomainRecord):
+                    result = self._store.apply_domain(payload, source)
+                elif isinstance(payload, DomainTombstone):
+                    result = self._store.apply_tombstone(payload.uuid, source)
+                elif isinstance(payload, HostRecord):
+                    result = self._store.apply_host(payload, source)
+                    hosts_changed = True
+                else:
+                    assert isinstance(payload, HostTombstone)
+                    result = self._store.apply_host_tombstone(payload.host, source)
+                    hosts_changed = True
+                self.counters.count(result.outcome)
+                changes.extend(result.changes)
+            self._position = batch.position
+            self._history.extend(changes)
+            initial = None
+            if batch.synced and not self._synced:
+                self._synced = True
+                initial = self.initial_adds()
+                self._cond.notify_all()
+            deliver(changes, initial)
+            if hosts_changed and self._synced:
+                # Only after sync: before it, hosts whose records are still unread would be missing
+                # from the horizon.
+                self._store.prune_graveyard(self._clock())
+
+    # -- readers -----------------------------------------------------------------------------------
+
+    def subscribe(self, join: Callable[[bool], T]) -> T:
+        """Run ``join(synced)`` between batches, so a new reader's start lines up with the next batch."""
+        with self._cond:
+            return join(self._synced)
+
+    def initial_adds(self) -> list[Change]:
+        """The view as ADDED changes, sorted by host, name and UUID (call inside :meth:`subscribe`)."""
+        return [Change(ChangeType.ADDED, r.uuid, None, r, ChangeCause.INITIAL)
+                for r in sorted(self._store.domains().values(), key=lambda r: (r.host, r.name, r.uuid))]
+
+    def changes_since(self, position: Position) -> list[Change]:
+        """The retained changes after ``position`` (inside :meth:`subscribe`); PositionExpired if gone."""
+        return self._history.since(position)
+
+    def snapshot(self) -> Snapshot:
+        """A consistent copy of the view and the position it reflects."""
+        now = self._clock()
+        with self._cond:
+            return Snapshot(
+                domains=self._store.domains(),
+                hosts=self._store.hosts(),
+                position=self._position,
+                taken_at=now,
+                synced=self._synced,
+                stale_hosts=self._store.stale_hosts(now),
+                unreachable_hosts=self._store.unreachable_hosts(),
+                deleted=self._store.graveyard(),
+            )
+
+    def get(self, uuid: str) -> DomainRecord | None:
+        with self._cond:
+            return self._store.get(uuid)
+
+    def stale_hosts(self) -> frozenset[str]:
+        now = self._clock()
+        with self._cond:
+            return self._store.stale_hosts(now)
+
+    def unreachable_hosts(self) -> frozenset[str]:
+        with self._cond:
+            return self._store.unreachable_hosts()
+
+    @property
+    def position(self) -> Position:
+        with self._cond:
+            return self._position
+
+    @property
+    def synced(self) -> bool:
+        with self._cond:
+            return self._synced
+
+    def counts(self) -> ViewCounters:
+        with self._cond:
+            return ViewCounters(self.counters.applied, self.counters.skipped_older, self.counters.listed_away)
+
+    def wait_for_sync(self, give_up: Callable[[], bool], timeout: float | None) -> bool:
+        """Block until synced (True), ``give_up()`` or ``timeout``; callers of :meth:`wake` end the wait."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._synced or give_up(), timeout)
+            return self._synced
+
+    def wake(self) -> None:
+        """Wake :meth:`wait`ers, e.g. when the reader failed or the informer stopped."""
+        with self._cond:
+            self._cond.notify_all()
