@@ -6,6 +6,7 @@ The commands it runs are printed, so the demo doubles as a tour of the CLI.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -68,6 +69,14 @@ def cli(*args: str) -> list[str]:
 def show(cmd: list[str]) -> None:
     shown = ["libvirt-kafka-bridge", *cmd[3:]] if cmd[1:3] == ["-m", "bridge"] else cmd
     note("  $ " + shlex.join(shown))
+
+
+def resyncs_completed(state_dir: Path) -> int:
+    """What the agent's ``status.json`` says (0 before it first writes one)."""
+    try:
+        return int(json.loads((state_dir / "status.json").read_text()).get("resyncs_completed", 0))
+    except (FileNotFoundError, ValueError):
+        return 0
 
 
 def latest_records(bootstrap: str) -> tuple[dict[str, DomainRecord | None], list[HostRecord]]:
@@ -177,12 +186,12 @@ def main() -> int:
         say("3. starting the agent for this host:")
         run = cli("run", "--libvirt-uri", host.test_uri, "--bootstrap-servers", kafka.bootstrap_servers,
                   "--host-id", HOST_ID, "--state-dir", str(work / "state"), "--heartbeat-interval", "5s",
-                  "--partitions", "3")
+                  "--partitions", "3", "--status-interval", "1s")
         show(run)
         agent_log = work / "agent.log"
         agent = stack.enter_context(process(run, agent_log))
-        wait_until(lambda: " complete: " in agent_log.read_text(errors="replace") or agent.poll() is not None,
-                   timeout=60, what="the agent's first resync")
+        wait_until(lambda: resyncs_completed(work / "state") >= 1 or agent.poll() is not None,
+                   timeout=60, what="the agent's first resync (its status.json)")
         if agent.poll() is not None:
             print(agent_log.read_text(), file=sys.stderr)
             return 1

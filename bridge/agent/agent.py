@@ -90,6 +90,11 @@ class AgentStatus:
     libvirt_reconnects: int
     kafka_redeliveries: int
     kafka_last_error: str | None
+    libvirt_connected_at: float | None = None
+    """When the current libvirt connection was opened (seconds since the epoch)."""
+    resync_last_listed_at: float | None = None
+    """When the latest completed resync listed the domains: after ``libvirt_connected_at``, it has
+    seen everything the current connection shows."""
     events_received_by_id: dict[str, int] = field(default_factory=dict)
     events_published_by_id: dict[str, int] = field(default_factory=dict)
     events_coalesced: int = 0
@@ -204,6 +209,8 @@ class Agent:
             oldest_waiting_s=0.0 if oldest is None else max(0.0, (self._now() - oldest) / 1e6),
             libvirt_connected=bool(self._session and self._session.connected),
             libvirt_reconnects=self._session.reconnects if self._session else 0,
+            libvirt_connected_at=self._session.connected_at if self._session else None,
+            resync_last_listed_at=p.last_resync_listed_at if p else None,
             kafka_redeliveries=pub.redelivered if pub else 0,
             kafka_last_error=pub.last_error if pub else None,
             events_received_by_id=self._queue.events_received_by_id(),

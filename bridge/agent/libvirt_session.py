@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import libvirt
@@ -54,6 +55,8 @@ class LibvirtSession:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reconnects = 0
+        self.connected_at: float | None = None
+        """When the current connection was opened (seconds since the epoch); None before the first."""
 
     def start(self) -> None:
         """Connect (raising UserError if libvirt is unreachable) and start watching the connection."""
@@ -133,6 +136,7 @@ class LibvirtSession:
         self._capture.register(conn)
         with self._lock:
             self._conn = conn
+            self.connected_at = time.time()
         self._lost.clear()
 
     def _on_close(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:

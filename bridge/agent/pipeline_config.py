@@ -42,6 +42,8 @@ class PipelineStats:
     """The latest completed resync, from its ``listed_at`` to its inventory."""
     last_resync_completed_at: float | None = None
     """Seconds since the epoch."""
+    last_resync_listed_at: float | None = None
+    """When the latest completed resync read its listing (seconds since the epoch, the agent's clock)."""
     owned_domains: int = 0
     """Domains in the latest inventory."""
     handed_off_domains: int = 0

@@ -72,6 +72,7 @@ class Resync:
         self._save_roles = save_roles
         self._tracker: ResyncTracker | None = None
         self._tracker_signal: str | None = None
+        self._tracker_listed_wall = 0.0
         self._inventory: HostRecord | None = None
         self._host_in_flight = threading.Event()  # set here, cleared by the ack on the delivery thread
         self._published_resync_id: str | None = None
@@ -88,6 +89,7 @@ class Resync:
         """
         try:
             conn = self._session.connection()
+            listed_wall = self._now() / 1e6
             listed_at = self._clock.tick()
             # Persist listed_at like any version: after a restart, even with the clock stepped back,
             # new records must sort above the inventory a consumer may still apply.
@@ -114,6 +116,7 @@ class Resync:
         resync_id = uuid_mod.uuid4().hex
         self._tracker = ResyncTracker(resync_id, listed_at, owned)
         self._tracker_signal = signal_id
+        self._tracker_listed_wall = listed_wall
         log.info("resync %s: %d domains listed, %d owned here%s", resync_id[:8], len(listed), len(owned),
                  f" (answering signal {signal_id[:8]})" if signal_id else "")
         self._queue.request_resync(owned, resync_id)
@@ -153,6 +156,7 @@ class Resync:
         self._stats.resyncs_completed += 1
         self._stats.last_resync_seconds = max(0.0, (now - tracker.listed_at) / 1e6)
         self._stats.last_resync_completed_at = now / 1e6
+        self._stats.last_resync_listed_at = self._tracker_listed_wall
         self._stats.owned_domains = len(self._inventory.domains)
         log.info("resync %s complete: %d domains in the inventory", tracker.resync_id[:8],
                  len(self._inventory.domains))

@@ -87,18 +87,14 @@ def test_libvirtd_restarted_mid_churn_twice(setup, fault_host, libvirt_event_loo
     prefix = unique_name("lvrestart")
     proc = churn(fault_host.test_uri, ops=300, rate=60, prefix=prefix)
     try:
-        for restart in (1, 2):
+        for _restart in (1, 2):
             def churned() -> bool:
                 return proc.poll() is not None or len(setup["conn"]().listAllDomains(0)) > 5
 
             wait_for(churned, 30, "churn to create some domains")
-            reconnects_before = agent.log_text().count("reconnected to")
+            reconnects_before = int(agent.status().get("libvirt_reconnects", 0))
             fault_host.restart()
-
-            def reconnected(before: int = reconnects_before) -> bool:
-                return agent.log_text().count("reconnected to") > before
-
-            wait_for(reconnected, 60, f"the agent's reconnect after restart #{restart}")
+            agent.wait_reconnects(reconnects_before + 1, 60)
         summary = finish(proc)
     finally:
         if proc.poll() is None:
@@ -107,8 +103,8 @@ def test_libvirtd_restarted_mid_churn_twice(setup, fault_host, libvirt_event_loo
     agent.wait_resync_after_reconnect()
     agent.check_alive()
     took = wait_view_exact(setup["bootstrap"], setup["topics"], setup["conn"](), "faulthost")
-    print(f"\nview exact {took:.1f}s after the churn ended; agent reconnects seen in log: "
-          f"{agent.log_text().count('reconnected to')}")
+    print(f"\nview exact {took:.1f}s after the churn ended; agent reconnects: "
+          f"{agent.status().get('libvirt_reconnects')}")
 
 
 def test_kafka_down_for_a_minute_during_churn(setup, fault_kafka, fault_host, libvirt_event_loop):
@@ -174,7 +170,7 @@ def test_sigkill_mid_churn_then_changes_while_down(setup, fault_host, libvirt_ev
     doomed_prefix = unique_name("doomed")  # outside the churn's prefix: only this test touches them
     doomed = [conn.defineXML(xml_for_test_driver(f"{doomed_prefix}-{i}")) for i in range(3)]
     proc = churn(fault_host.test_uri, ops=400, rate=200, prefix=prefix, seed=5)
-    wait_for(lambda: proc.poll() is not None or agent.log_text().count("status:") >= 1, 30, "churn to run")
+    wait_for(lambda: proc.poll() is not None or agent.status().get("events_received", 0) > 0, 30, "churn to run")
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(10)
     finish(proc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from devenv import wait_until
 from tests.support.topics import host_records
@@ -37,7 +39,8 @@ class AgentProcess:
             sys.executable, "-m", "bridge", "--log-level", "DEBUG", "run",
             "--libvirt-uri", libvirt_uri, "--bootstrap-servers", bootstrap, "--topic", topic,
             "--hosts-topic", hosts_topic, "--host-id", host_id, "--state-dir", str(self.state_dir),
-            "--heartbeat-interval", "1s", "--partitions", "3", "--status-interval", "2s",
+            # status.json is what tests wait on (never the log's wording): written every 200 ms.
+            "--heartbeat-interval", "1s", "--partitions", "3", "--status-interval", "200ms",
             *(extra or []),
         ]
         self.env = {**os.environ, **(env or {})}
@@ -50,28 +53,44 @@ class AgentProcess:
         log = self.log_path.open("ab")
         log.write(f"\n==== start #{self._starts} ====\n".encode())
         log.flush()
+        # The previous process's status says nothing about this one.
+        (self.state_dir / "status.json").unlink(missing_ok=True)
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
         if wait_resync:
-            self.wait_resyncs(self._resyncs_before() + 1, timeout)
+            self.wait_resyncs(1, timeout)
         return self
 
-    def _resyncs_before(self) -> int:
-        return self.log_text().count(" complete: ")
+    def status(self) -> dict[str, Any]:
+        """The running process's latest ``status.json`` ({} until its first one, every 200 ms)."""
+        try:
+            data: dict[str, Any] = json.loads((self.state_dir / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):  # not yet written (it is replaced atomically)
+            return {}
+        return data
 
     def wait_resyncs(self, n: int, timeout: float = 60.0) -> None:
-        """Wait until the log shows ``n`` completed resyncs in total."""
+        """Wait until the running process completed ``n`` resyncs (status.json)."""
         def done() -> bool:
             self.check_alive()
-            return self.log_text().count(" complete: ") >= n
+            return int(self.status().get("resyncs_completed", 0)) >= n
         wait_for(done, timeout, f"{n} completed resync(s) of agent {self.host_id}")
 
-    def wait_resync_after_reconnect(self, timeout: float = 60.0) -> None:
-        """Wait until a resync completed after the latest reconnect (requests made meanwhile merge)."""
+    def wait_reconnects(self, n: int, timeout: float = 60.0) -> None:
+        """Wait until this agent process reconnected to libvirt ``n`` times (status.json)."""
         def done() -> bool:
             self.check_alive()
-            text = self.log_text()
-            return text.rfind(" complete: ") > text.rfind("reconnected to") >= 0
+            return int(self.status().get("libvirt_reconnects", 0)) >= n
+        wait_for(done, timeout, f"{n} libvirt reconnect(s) of agent {self.host_id}")
+
+    def wait_resync_after_reconnect(self, timeout: float = 60.0) -> None:
+        """Wait until a resync listed after the latest reconnect completed (requests made meanwhile merge)."""
+        def done() -> bool:
+            self.check_alive()
+            st = self.status()
+            listed, connected = st.get("resync_last_listed_at"), st.get("libvirt_connected_at")
+            return (int(st.get("libvirt_reconnects", 0)) >= 1 and listed is not None and connected is not None
+                    and listed >= connected)
         wait_for(done, timeout, f"a resync after agent {self.host_id}'s latest reconnect")
 
     def wait_host_record(self, timeout: float = 60.0) -> None:
