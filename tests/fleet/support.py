@@ -195,7 +195,7 @@ class FleetEnv:
         return [(raw, rec) for raw, rec in log if raw.key == uuid.encode()]
 
     def running_on(self, uuid: str) -> list[int]:
-        """The hosts whose ``virsh list`` (running domains, through each host's socket) shows ``uuid``."""
+        """The hosts whose ``virsh list`` (active domains, through each host's socket) shows ``uuid``."""
         out = []
         for i, host in enumerate(self.fleet.hosts):
             res = subprocess.run(["virsh", "-c", host.qemu_uri, "list", "--uuid"], capture_output=True, text=True,
@@ -244,5 +244,6 @@ def wait_agent_caught_up(agent: AgentProcess, min_received: int = 0, timeout: fl
     try:
         wait_until(done, timeout=timeout, what=f"agent {agent.host_id} to catch up", interval=0.05)
     except TimeoutError:
-        raise AssertionError(f"agent {agent.host_id} did not catch up within {timeout}s: {last}") from None
+        raise AssertionError(f"agent {agent.host_id} did not catch up within {timeout}s: {last}\n"
+                             f"tail of its log:\n{agent.tail(40)}") from None
     return last

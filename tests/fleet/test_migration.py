@@ -24,6 +24,7 @@ import random
 import signal
 import threading
 import time
+import uuid as uuid_mod
 from dataclasses import dataclass
 from itertools import groupby, pairwise
 from typing import Any
@@ -31,13 +32,14 @@ from typing import Any
 import libvirt
 import pytest
 from confluent_kafka import TopicCollection
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from bridge.records import DomainRecord, RecordKind
 from devenv import domain_xml, wait_until
 from devenv._proc import kill_pid
 from tests.fleet.support import FleetEnv, Step, agent_status, wait_agent_caught_up
 from tests.support.domains import unique_name
+from tests.support.java_partitioner import java_partition
 from tests.support.topics import read_all
 from tests.support.view import fresh_view, view_diff
 
@@ -50,6 +52,8 @@ UNDEFINE = libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
 POSTCOPY = libvirt.VIR_MIGRATE_POSTCOPY
 
 CLAIMS = ("RESUMED/MIGRATED", "RESUMED/POSTCOPY")
+TAKE_BACKS = ("SUSPENDED/POSTCOPY_FAILED",)
+"""How a source takes a domain back after a failed post-copy phase (DESIGN: ownership across hosts)."""
 VIEW_LAG = 1.0
 """Seconds from the destination's claim (as libvirt's own listener sees it) to the view moving."""
 SLOW_MIB = 1024
@@ -112,14 +116,17 @@ def boot(env: FleetEnv, host: int, name: str, *, transient: bool = False, memory
     return uuid
 
 
-def _params(env: FleetEnv, hop: Hop, bandwidth_mib: int | None) -> dict[str, Any]:
+def _params(env: FleetEnv, hop: Hop, bandwidth_mib: int | None, postcopy_bandwidth_mib: int | None) -> dict[str, Any]:
     params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_URI: env.fleet.migrate_uri(hop.dst)}
     if bandwidth_mib is not None:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib
+    if postcopy_bandwidth_mib is not None:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = postcopy_bandwidth_mib
     return params
 
 
-def migrate(env: FleetEnv, name: str, hop: Hop, bandwidth_mib: int | None = None) -> None:
+def migrate(env: FleetEnv, name: str, hop: Hop, bandwidth_mib: int | None = None,
+            postcopy_bandwidth_mib: int | None = None) -> None:
     """Migrate ``name`` along ``hop``: ``migrate3`` (the client drives both ends) or peer-to-peer.
 
     On connections of its own: while a peer-to-peer ``migrateToURI3`` runs, other calls on the same
@@ -130,7 +137,7 @@ def migrate(env: FleetEnv, name: str, hop: Hop, bandwidth_mib: int | None = None
     dst = None if hop.p2p else env.fleet.open(hop.dst)
     try:
         dom = src.lookupByName(name)
-        params = _params(env, hop, bandwidth_mib)
+        params = _params(env, hop, bandwidth_mib, postcopy_bandwidth_mib)
         if dst is None:
             dom.migrateToURI3(env.fleet.hosts[hop.dst].tcp_uri, params, hop.flags | P2P)
         else:
@@ -144,15 +151,18 @@ def migrate(env: FleetEnv, name: str, hop: Hop, bandwidth_mib: int | None = None
 class Background:
     """A migration running on a thread; :meth:`join` returns libvirt's error code, or None on success."""
 
-    def __init__(self, env: FleetEnv, name: str, hop: Hop, bandwidth_mib: int | None = 1) -> None:
+    def __init__(self, env: FleetEnv, name: str, hop: Hop, bandwidth_mib: int | None = 1,
+                 postcopy_bandwidth_mib: int | None = None) -> None:
         self.started = time.monotonic()
         self._error: list[int | None] = []
-        self._thread = threading.Thread(target=self._run, args=(env, name, hop, bandwidth_mib), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(env, name, hop, bandwidth_mib, postcopy_bandwidth_mib),
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, env: FleetEnv, name: str, hop: Hop, bandwidth_mib: int | None) -> None:
+    def _run(self, env: FleetEnv, name: str, hop: Hop, bandwidth_mib: int | None,
+             postcopy_bandwidth_mib: int | None) -> None:
         try:
-            migrate(env, name, hop, bandwidth_mib)
+            migrate(env, name, hop, bandwidth_mib, postcopy_bandwidth_mib)
             self._error.append(None)
         except libvirt.libvirtError as exc:
             self._error.append(exc.get_error_code())
@@ -201,34 +211,47 @@ def event_labels(rec: DomainRecord) -> list[str]:
     return [f"{e.type}/{e.detail}" if e.id == "LIFECYCLE" else e.id for e in rec.events]
 
 
-def assert_one_owner_at_a_time(env: FleetEnv, uuid: str, chain: list[int], *,
-                               gap_free: bool = True) -> list[DomainRecord]:
-    """The log and the handler sequence of ``uuid`` hand it off along ``chain``, gap-free; the records."""
+def assert_one_owner_at_a_time(env: FleetEnv, uuid: str, chain: list[int], *, gap_free: bool = True,
+                               in_log_order: bool = True) -> list[DomainRecord]:
+    """The log and the handler sequence of ``uuid`` hand it off along ``chain``; its records in log order.
+
+    ``gap_free``: the watching consumer's handlers got exactly one change per record. ``in_log_order``:
+    the records of the key sit in the partition in version order (DESIGN: the version rule); without
+    it the hand-off is judged in version order, as a consumer applies the records.
+    """
     recs = log_records(env, uuid)
     deleted = [r.version for r in recs if r.kind is RecordKind.DELETED]
     assert not deleted, f"DELETED records for a domain that only migrated: {deleted}"
     versions = [r.version for r in recs]
-    assert versions == sorted(set(versions)), f"versions not strictly increasing in the log: {versions}"
+    assert len(set(versions)) == len(versions), f"a version repeats: {describe(recs)}"
+    if in_log_order:
+        assert versions == sorted(versions), f"versions not increasing in the log: {describe(recs)}"
+    ordered = sorted(recs, key=lambda r: r.version)
     want = [env.host_ids[h] for h in chain]
-    assert runs([r.host for r in recs]) == want, (
-        f"owners in log order {[(r.host, r.version, event_labels(r)) for r in recs]}, want runs {want}")
-    # Each destination's first record is its claim: nothing published for the incoming domain before.
-    for prev, rec in pairwise(recs):
+    assert runs([r.host for r in ordered]) == want, f"owners {describe(ordered)}, want runs {want}"
+    # Each new owner's first record is its claim: nothing published for the incoming domain before.
+    for prev, rec in pairwise(ordered):
         if rec.host != prev.host:
-            assert event_labels(rec)[:1] in (["RESUMED/MIGRATED"], ["RESUMED/POSTCOPY"]), (
+            assert event_labels(rec)[:1] in ([c] for c in (*CLAIMS, *TAKE_BACKS)), (
                 f"{rec.host}'s first record for {uuid} is {event_labels(rec)}, not its claim")
     steps = env.watch.steps(uuid)
     assert [s.kind for s in steps if s.kind == "delete"] == [], f"the view lost {uuid}: {steps}"
     seen = [(s.version, s.host) for s in steps]
-    logged = [(r.version, r.host) for r in recs]
+    logged = [(r.version, r.host) for r in ordered]
     if gap_free:
-        assert seen == logged, "the watching consumer's handler sequence is not the log's, one change per record"
+        missing = [x for x in logged if x not in seen]
+        assert seen == logged, (
+            f"the watching consumer's handler sequence is not the log's, one change per record: missing {missing}; "
+            f"records {describe(recs)}")
     else:
-        # Records that reach the consumer together (a partition's backlog after an outage) are
-        # delivered merged, as documented: the handler sees an ordered subsequence ending at the last.
+        # Records that reach the consumer in one fetch (a partition's backlog after an outage, or two
+        # records milliseconds apart) are delivered merged: an ordered subsequence ending at the last.
         assert set(seen) <= set(logged) and seen == sorted(seen) and seen[-1] == logged[-1], (seen, logged)
-        assert runs([h for _v, h in seen]) == runs([h for _v, h in logged]), (seen, logged)
     return recs
+
+
+def describe(recs: list[DomainRecord]) -> list[tuple[str, int, str | None, str | None, list[str]]]:
+    return [(r.host, r.version, r.state, r.reason, event_labels(r)) for r in recs]
 
 
 def assert_views_agree(env: FleetEnv) -> None:
@@ -375,6 +398,64 @@ def assert_view_exact(env: FleetEnv) -> Any:
     return snapshot
 
 
+def test_postcopy_failed_destination_qemu_killed(env: FleetEnv) -> None:
+    """The destination's QEMU killed in the post-copy phase: the source takes the domain back, paused.
+
+    Recorded order: dest ``RESUMED/POSTCOPY`` (its claim), dest ``STOPPED/FAILED``, source
+    ``SUSPENDED/POSTCOPY_FAILED`` (the take-back); the destination keeps a shut-off definition
+    (PERSIST_DEST), which must stay silent.
+    """
+    src, dst = 0, 1
+    name = unique_name("pcfail")
+    uuid = boot(env, src, name, memory_mib=SLOW_MIB)
+    hop = Hop(src, dst, True, LIVE | PERSIST | UNDEFINE | POSTCOPY)
+    mig = Background(env, name, hop, bandwidth_mib=1, postcopy_bandwidth_mib=1)
+    env.recorder.wait(uuid, src, ("MIGRATION_ITERATION",), since=mig.started)
+    env.conns[src].lookupByUUIDString(uuid).migrateStartPostCopy(0)
+    env.recorder.wait(uuid, dst, ("RESUMED/POSTCOPY",), since=mig.started)
+    pid = env.fleet.qemu_pid(dst, name)
+    assert pid is not None, "no QEMU on the destination"
+    kill_pid(pid, signal.SIGKILL)
+    assert mig.join() is not None, "the migration succeeded although its destination QEMU was killed"
+    env.recorder.wait(uuid, src, TAKE_BACKS, since=mig.started)
+    env.recorder.wait(uuid, dst, ("STOPPED/FAILED",), since=mig.started)
+    wait_all_caught_up(env)
+    timeline = env.recorder.timeline(uuid, mig.started)
+    state, reason = env.conns[src].lookupByUUIDString(uuid).state()
+    assert (state, reason) == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED)
+    assert env.running_on(uuid) == [src]  # virsh list: active domains, paused ones included
+    recs = log_records(env, uuid)
+    history = describe(recs)
+    newest = max(recs, key=lambda r: r.version)
+    if newest.host == env.host_ids[dst]:
+        current = env.watch.informer.get(uuid)
+        pytest.xfail(
+            f"product bug (reported): the destination's post-copy claim was published after the source's take-back, "
+            f"with a higher version and a snapshot read after its QEMU died, so the view has the domain on "
+            f"{current.host if current else None} ({current.state if current else None}/"
+            f"{current.reason if current else None}) while libvirt has it PAUSED/POSTCOPY_FAILED on "
+            f"{env.host_ids[src]}; records {history}; events {timeline}")
+    # The destination's claim may be published or, if its failure arrived with it, overtaken.
+    assert runs([r.host for r in recs]) in ([env.host_ids[src], env.host_ids[dst], env.host_ids[src]],
+                                            [env.host_ids[src]]), f"{history}; events {timeline}"
+    latest = max(recs, key=lambda r: r.version)
+    assert (latest.host, latest.state, latest.reason) == (env.host_ids[src], "PAUSED", "POSTCOPY_FAILED"), (
+        f"the newest record is not the source's take-back: {history}; events {timeline}")
+    # Not gap-free here: the destination's claim and the source's take-back are published ~10 ms apart
+    # and usually reach the informer in one fetch, whose changes it merges even for an idle handler.
+    assert_one_owner_at_a_time(env, uuid, [env.host_index(h) for h in runs([r.host for r in recs])],
+                               gap_free=False)
+    current = env.watch.informer.get(uuid)
+    assert current is not None and (current.host, current.state) == (env.host_ids[src], "PAUSED"), current
+    assert_views_agree(env)
+    # The destination's leftover definition is undefined: silence, no DELETED, no tombstone.
+    env.conns[dst].lookupByUUIDString(uuid).undefine()
+    env.recorder.wait(uuid, dst, ("UNDEFINED/REMOVED",), since=mig.started)
+    wait_all_caught_up(env)
+    assert log_records(env, uuid) == recs, "the destination published after undefining its failed copy"
+    print(f"post-copy failed: {history}; events {timeline}")
+
+
 # -- losing the leader broker ---------------------------------------------------------------------------
 
 
@@ -439,6 +520,18 @@ class Churn:
         assert len(self._errors) <= 20, f"churn failed: {self._errors[-3:]}"
 
 
+def test_agents_create_replicated_topics(env: FleetEnv) -> None:
+    """On a three-node cluster the agents create both topics with RF 3 and min.insync.replicas 2."""
+    admin = AdminClient({"bootstrap.servers": env.kafka.bootstrap_servers})
+    for t in env.topics:
+        meta = admin.describe_topics(TopicCollection([t]))[t].result(30)
+        assert meta.partitions and all(len(p.replicas) == 3 for p in meta.partitions), f"{t} is not RF 3"
+        resource = ConfigResource(ConfigResource.Type.TOPIC, t)
+        config = admin.describe_configs([resource])[resource].result(30)
+        assert config["min.insync.replicas"].value == "2", t
+        assert config["cleanup.policy"].value == "compact", t
+
+
 def _partition_leader(admin: AdminClient, topic: str, partition: int) -> int:
     desc = admin.describe_topics(TopicCollection([topic]))[topic].result(30)
     return int(desc.partitions[partition].leader.id)
@@ -447,12 +540,6 @@ def _partition_leader(admin: AdminClient, topic: str, partition: int) -> int:
 def test_leader_broker_killed_mid_churn_and_mid_migration(env: FleetEnv) -> None:
     kafka, topic = env.kafka, env.topics[0]
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    for t in env.topics:
-        meta = admin.describe_topics(TopicCollection([t]))[t].result(30)
-        assert all(len(p.replicas) == 3 for p in meta.partitions), f"{t} is not RF 3"
-        resource = ConfigResource(ConfigResource.Type.TOPIC, t)
-        assert admin.describe_configs([resource])[resource].result(30)["min.insync.replicas"].value == "2"
-
     src, dst = 0, 1
     name = unique_name("leader")
     uuid = boot(env, src, name, memory_mib=2 * SLOW_MIB)
@@ -496,8 +583,43 @@ def test_leader_broker_killed_mid_churn_and_mid_migration(env: FleetEnv) -> None
             f"agent {agent.host_id} counts {status['records']} records published and acknowledged, "
             f"the log holds {len(mine)}")
         assert {rec.host for rec in mine} <= {agent.host_id}
-    assert_one_owner_at_a_time(env, uuid, [src, dst], gap_free=False)
+    recs = assert_one_owner_at_a_time(env, uuid, [src, dst], gap_free=False, in_log_order=False)
     snapshot = assert_view_exact(env)
     assert_views_agree(env)
     print(f"leader kill: node {leader} (partition {partition}), churn ops {churn.ops}, "
           f"recovered {recovered_at - killed_at:.1f}s after the kill, {len(snapshot.domains)} domains in the view")
+    # DESIGN (the version rule): within one partition, records of one key appear in version order.
+    behind = [(a.host, a.version, b.host, b.version) for a, b in pairwise(recs) if b.version < a.version]
+    if behind:
+        stale = view_after_compaction(env, uuid, partition)
+        pytest.xfail(
+            f"product bug (reported): after the leader of partition {partition} died mid-migration, the source's "
+            f"last record was appended after the destination's claim with a lower version: {behind}; key's log "
+            f"{describe(recs)}. Compaction keeps the last offset, so a fresh view then has {uuid} on "
+            f"{stale.host if stale else None} ({stale.state if stale else None}) while virsh runs it on "
+            f"{[env.host_ids[i] for i in env.running_on(uuid)]}: a compacted key holding a stale host's word")
+
+
+def view_after_compaction(env: FleetEnv, uuid: str, partition: int) -> DomainRecord | None:
+    """Compact ``partition`` of the domains topic (as the cleaner eventually does); a fresh view's record."""
+    kafka, topic = env.kafka, env.topics[0]
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("segment.ms", "100", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("min.cleanable.dirty.ratio", "0.01", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(30)
+    # The cleaner skips the active segment, and a time-based roll needs an append: a domain whose
+    # key lands in the same partition gets a metadata change per poll until the key is compacted.
+    marker_uuid = next(u for u in (str(uuid_mod.uuid4()) for _ in range(1000))
+                       if java_partition(u.encode(), 3) == partition)
+    marker = env.conns[0].defineXML(domain_xml(unique_name("marker"), uuid=marker_uuid))
+    count = [0]
+
+    def compacted() -> bool:
+        count[0] += 1
+        marker.setMetadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, f"roll {count[0]}", None, None,
+                           libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        return len(env.log(uuid)) == 1
+
+    wait_until(compacted, timeout=60, what=f"the cleaner to compact {topic}[{partition}]", interval=0.5)
+    return fresh_view(kafka.bootstrap_servers, env.topics).domains.get(uuid)
