@@ -18,67 +18,32 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 import uuid as uuid_mod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from bridge.consumer.batch import (
+    Batch,
+    ConsumerError,
+    KafkaAccessError,
+    Message,
+    ReflectorCounters,
+    Sink,
+)
 from bridge.consumer.position import Offset, Position
-from bridge.errors import BridgeError, DecodeError, UserError
+from bridge.consumer.read_errors import ErrorReport
+from bridge.errors import DecodeError, UserError
 from bridge.kafka_problems import KAFKA_CONFIG_PLACES, KafkaProblem, diagnose, error_text
+from bridge.logging_setup import librdkafka_logger
 from bridge.serde import MessageDecoder, Payload, ReadAs, RecordCodec
+
+__all__ = ["Batch", "ConsumerError", "ConsumerFactory", "KafkaAccessError", "Message", "Reflector",
+           "ReflectorCounters", "Sink"]
 from bridge.serde.message_decoder import Headers
 
 log = logging.getLogger(__name__)
-
-_WARN_EVERY = 60.0
-
-
-class ConsumerError(BridgeError):
-    """The reader cannot go on (a fatal Kafka client error)."""
-
-
-class KafkaAccessError(ConsumerError):
-    """Kafka refused the reader's security settings before it ever read (credentials refused, broker
-    certificate not trusted): the message names the setting to fix, secrets masked. Retrying the same
-    settings cannot help, so the reader stops instead of retrying."""
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One decoded message and where it was read."""
-
-    payload: Payload
-    source: Offset
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """What one poll produced: the decoded messages, the position after them, and whether every
-    partition has now been read up to the high watermark seen at start (stays True once reached)."""
-
-    messages: tuple[Message, ...]
-    position: Position
-    synced: bool
-
-
-Sink = Callable[[Batch], None]
-"""Receives batches, in order, on the reflector's thread."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReflectorCounters:
-    """Messages the reflector skipped or read leniently."""
-
-    undecodable: int = 0
-    """Skipped: not a record of this bridge (foreign or corrupt bytes, bad key)."""
-    unknown_schema: int = 0
-    """Decoded from a writer schema this reader does not know (a newer one), fields it lacks ignored."""
-    legacy_fingerprint: int = 0
-    """Written by 0.1.0 (fingerprint bytes reversed in the single-object header), read all the same."""
 
 
 ConsumerFactory = Callable[[dict[str, Any]], Any]
@@ -116,10 +81,9 @@ class Reflector:
         self._max_backoff = max_backoff
         self._targets: dict[tuple[str, int], int] = {}
         self._synced = False
-        self._lock = threading.Lock()  # guards the counters and last_error, read from other threads
+        self._lock = threading.Lock()  # guards the counters, read from other threads
         self._counts = dict.fromkeys(("undecodable", *(r.value for r in ReadAs)), 0)
-        self._last_error: str | None = "no answer from Kafka yet"
-        self._warned: dict[object, float] = {}  # kind of error -> when it was last logged
+        self._errors = ErrorReport("no answer from Kafka yet")
         self._settings = dict(client_config)  # for masking secrets in every message shown
         self._connected = False
         self._access_problem: KafkaProblem | None = None
@@ -132,7 +96,9 @@ class Reflector:
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
             "error_cb": self._on_client_error,
-            "logger": _QuietLog(logging.getLogger("bridge.consumer.librdkafka"), {}),
+            # At DEBUG: a down broker logs a burst of lines per second, and what matters already
+            # reaches the error callback, last_error and one warning.
+            "logger": librdkafka_logger("reader", max_level=logging.DEBUG),
         }
         try:
             self._consumer = consumer_factory(config)
@@ -144,8 +110,7 @@ class Reflector:
     @property
     def last_error(self) -> str | None:
         """The latest problem reaching Kafka or the topics, None once reading works."""
-        with self._lock:
-            return self._last_error
+        return self._errors.last
 
     def counters(self) -> ReflectorCounters:
         with self._lock:
@@ -313,8 +278,7 @@ class Reflector:
         problem = diagnose(err, self._settings)
         if problem is not None and problem.definite and not self._connected:
             self._access_problem = problem  # _connect raises it: the settings are wrong, not Kafka down
-            with self._lock:
-                self._last_error = problem.message
+            self._errors.set_quietly(problem.message)
             return
         self._set_error(problem.message if problem is not None else text, kind=err.code())
 
@@ -325,26 +289,7 @@ class Reflector:
             self._consumer.poll(0)
 
     def _set_error(self, message: str | None, kind: object = None) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._last_error = message
-            if message is None:
-                self._warned.clear()
-                return
-            key = kind if kind is not None else message
-            if now - self._warned.get(key, -_WARN_EVERY) < _WARN_EVERY:
-                return
-            self._warned[key] = now
-        log.warning("%s (retrying)", message)
-
-
-class _QuietLog(logging.LoggerAdapter[logging.Logger]):
-    """librdkafka's own log lines, at DEBUG: a down broker logs a burst of them per second, and what
-    matters already reaches the error callback, :attr:`Reflector.last_error` and one warning."""
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        del level
-        super().log(logging.DEBUG, msg, *args, **kwargs)
+        self._errors.report(message, kind)
 
 
 class _NotReady(Exception):

@@ -1,0 +1,54 @@
+"""What the reflector hands its sink (the view): batches of decoded messages, and how it fails."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.consumer.position import Offset, Position
+from bridge.errors import BridgeError
+from bridge.serde import Payload
+
+
+class ConsumerError(BridgeError):
+    """The reader cannot go on (a fatal Kafka client error)."""
+
+
+class KafkaAccessError(ConsumerError):
+    """Kafka refused the reader's security settings before it ever read (credentials refused, broker
+    certificate not trusted): the message names the setting to fix, secrets masked. Retrying the same
+    settings cannot help, so the reader stops instead of retrying."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded message and where it was read."""
+
+    payload: Payload
+    source: Offset
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one poll produced: the decoded messages, the position after them, and whether every
+    partition has now been read up to the high watermark seen at start (stays True once reached)."""
+
+    messages: tuple[Message, ...]
+    position: Position
+    synced: bool
+
+
+Sink = Callable[[Batch], None]
+"""Receives batches, in order, on the reflector's thread."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReflectorCounters:
+    """Messages the reflector skipped or read leniently."""
+
+    undecodable: int = 0
+    """Skipped: not a record of this bridge (foreign or corrupt bytes, bad key)."""
+    unknown_schema: int = 0
+    """Decoded from a writer schema this reader does not know (a newer one), fields it lacks ignored."""
+    legacy_fingerprint: int = 0
+    """Written by 0.1.0 (fingerprint bytes reversed in the single-object header), read all the same."""
