@@ -9,14 +9,12 @@ events, publish what was received, announce ``STOPPING``, flush, all within a de
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
-import os
 import time
 import uuid as uuid_mod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from bridge import __version__
 from bridge.agent.event_capture import EventCapture
@@ -29,6 +27,7 @@ from bridge.agent.publisher import Publisher
 from bridge.agent.signal_listener import SignalListener
 from bridge.agent.snapshot import SnapshotReader
 from bridge.agent.state_store import StateStore
+from bridge.agent.status import AgentStatus, Threaded, threads_health, write_status_file
 from bridge.agent.topics import admin_client, check_reachable, ensure_compacted_topics, serve_logs
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.version_clock import Clock, wall_clock_micros
@@ -63,51 +62,6 @@ class AgentSettings:
     """How far apart host clocks may be (seconds); see the version rule in the README."""
     control_topic: str | None = DEFAULT_CONTROL_TOPIC
     """Where resync signals arrive (:mod:`bridge.signals`); None: not listening."""
-
-
-class _Threaded(Protocol):
-    """A part of the agent that runs a thread of its own."""
-
-    @property
-    def alive(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class AgentStatus:
-    """A point-in-time view of the agent's progress (also written to ``status.json``)."""
-
-    records: int
-    events_received: int
-    events_published: int
-    events_not_owned: int
-    events_elided: int
-    deleted: int
-    resyncs_completed: int
-    domains_pending: int
-    domains_in_flight: int
-    oldest_waiting_s: float
-    libvirt_connected: bool
-    libvirt_reconnects: int
-    kafka_redeliveries: int
-    kafka_last_error: str | None
-    libvirt_connected_at: float | None = None
-    """When the current libvirt connection was opened (seconds since the epoch)."""
-    resync_last_listed_at: float | None = None
-    """When the latest completed resync listed the domains: after ``libvirt_connected_at``, it has
-    seen everything the current connection shows."""
-    events_received_by_id: dict[str, int] = field(default_factory=dict)
-    events_published_by_id: dict[str, int] = field(default_factory=dict)
-    events_coalesced: int = 0
-    records_by_kind: dict[str, int] = field(default_factory=dict)
-    resync_last_seconds: float | None = None
-    resync_last_completed_at: float | None = None
-    kafka_delivery_errors: int = 0
-    kafka_client_errors: int = 0
-    producer_queue: int = 0
-    last_version: int = 0
-    owned_domains: int = 0
-    handed_off_domains: int = 0
-    incoming_domains: int = 0
 
 
 class Agent:
@@ -230,18 +184,13 @@ class Agent:
 
     def health(self) -> tuple[bool, str]:
         """``/healthz``: (True, "ok") while every thread of the agent is alive, else what is not."""
-        parts: dict[str, _Threaded | None] = {
+        parts: dict[str, Threaded | None] = {
             "pipeline": self._pipeline, "Kafka delivery": self._publisher, "libvirt reconnect": self._session,
             "libvirt event loop": self._loop,
         }
         if self.settings.control_topic:
             parts["control signals"] = self._signals
-        if any(part is None for part in parts.values()):
-            return False, "not running (starting or stopped)"
-        dead = [name for name, part in parts.items() if part is not None and not part.alive]
-        if dead:
-            return False, f"thread(s) not running: {', '.join(dead)}"
-        return True, "ok"
+        return threads_health(parts)
 
     def readiness(self) -> tuple[bool, str]:
         """``/readyz``: ready when libvirt is connected, Kafka reachable and the first resync published."""
@@ -264,11 +213,7 @@ class Agent:
                  "oldest waiting %.1fs%s", st.records, st.events_published, st.domains_pending,
                  st.domains_in_flight, st.oldest_waiting_s,
                  f", Kafka: {st.kafka_last_error}" if st.kafka_last_error else "")
-        path = self.settings.state_dir / "status.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**asdict(st), "instance_id": self.instance_id,
-                                   "written_at": self._now()}, indent=2))
-        os.replace(tmp, path)
+        write_status_file(self.settings.state_dir / "status.json", st, self.instance_id, self._now())
         return st
 
     def _info_labels(self) -> dict[str, str]:

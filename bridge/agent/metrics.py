@@ -26,7 +26,7 @@ from bridge.core.version_clock import Clock
 from bridge.records import DomainRecord, RecordKind
 
 if TYPE_CHECKING:
-    from bridge.agent.agent import AgentStatus
+    from bridge.agent.status import AgentStatus
 
 NAMESPACE = "libvirt_kafka_bridge"
 PREFIX = NAMESPACE + "_"
@@ -70,7 +70,7 @@ class AgentMetrics:
 
 
 class AgentCollector(Collector):
-    """The agent's counters and gauges, read from :class:`~bridge.agent.agent.AgentStatus` per scrape."""
+    """The agent's counters and gauges, read from :class:`~bridge.agent.status.AgentStatus` per scrape."""
 
     def __init__(self, status: Callable[[], AgentStatus], info: Callable[[], Mapping[str, str]]) -> None:
         self._status = status
