@@ -15,7 +15,7 @@ PYTHON="${PYTHON:-python3}"
 
 APT_PACKAGES=(
     gcc pkg-config libvirt-dev python3-dev python3-venv
-    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils tini
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils tini kcat
     iproute2 maven openjdk-17-jre-headless
     systemd prometheus  # systemd-analyze verify and promtool, for the deploy/ tests
 )

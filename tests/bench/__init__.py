@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -679,3 +680,188 @@ def main_one(module: Any) -> int:
     path = write_results([result], started, time.monotonic() - t, summary=False)
     progress(f"wrote {path}")
     return 1 if result.error else 0
+
+
+# -- the peer: `virsh event --all --loop --timestamp | kcat -P` ------------------------------------
+
+# virsh's lifecycle words (virshDomainEventToString) -> the agent's lifecycle type names.
+PEER_EVENT_TYPES = {"Defined": "DEFINED", "Undefined": "UNDEFINED", "Started": "STARTED", "Suspended": "SUSPENDED",
+                    "Resumed": "RESUMED", "Stopped": "STOPPED", "Shutdown": "SHUTDOWN", "PMSuspended": "PMSUSPENDED",
+                    "Crashed": "CRASHED"}
+
+
+@dataclass(frozen=True)
+class PeerLine:
+    """One line the pipe published: ``<UTC ms timestamp>: event 'lifecycle' for domain '<name>': <Type> <Detail>``."""
+
+    visible_us: int
+    event_us: int
+    """virsh's receipt time (virTimeStringNowRaw: UTC, millisecond precision)."""
+    event: str
+    domain: str
+    type: str
+    """The lifecycle type as the agent names it (``STARTED``), or the raw word for other events."""
+
+
+def parse_peer_line(visible_us: int, value: bytes) -> PeerLine | None:
+    """Parse one line virsh printed (None for lines that are not an event, e.g. virsh's banners)."""
+    import calendar  # noqa: PLC0415
+
+    text = value.decode(errors="replace").strip()
+    try:
+        stamp, rest = text.split(": event '", 1)
+        event, rest = rest.split("' for domain '", 1)
+        domain, rest = rest.split("': ", 1)
+        date, _, tz = stamp.partition("+")
+        whole, _, millis = date.partition(".")
+        secs = calendar.timegm(time.strptime(whole, "%Y-%m-%d %H:%M:%S"))
+        if tz not in ("", "0000"):
+            return None
+    except ValueError:
+        return None
+    word = rest.split(" ", 1)[0]
+    return PeerLine(visible_us, secs * 1_000_000 + int(millis or 0) * 1000, event, domain,
+                    PEER_EVENT_TYPES.get(word, word) if event == "lifecycle" else event)
+
+
+class PeerPipe:
+    """``stdbuf -oL virsh -r -c URI event --all --loop --timestamp | kcat -P -b BROKER -t TOPIC``.
+
+    The user's comparison in issue 10: a bare pipe from libvirt's events to Kafka, no snapshot, no
+    version, no key, kcat's (librdkafka's) default producer settings. The topic has one partition (a
+    pipe has no key, so its only order is the partition's). :meth:`start` returns once a probe
+    domain's event went all the way through, so the pipe's own start-up is not measured.
+    """
+
+    def __init__(self, env: BenchEnv, name: str) -> None:
+        self.env = env
+        self.topic = unique_topics(name)[0]
+        self.workdir = env.dir(name)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.tail: TopicTail | None = None
+
+    def start(self, timeout: float = 60.0) -> PeerPipe:
+        from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
+
+        for tool in ("kcat", "virsh", "stdbuf"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"{tool} is not installed (deploy/dev/bootstrap.sh installs kcat, libvirt-clients)")
+        admin = AdminClient({"bootstrap.servers": self.env.bootstrap})
+        admin.create_topics([NewTopic(self.topic, 1, 1)])[self.topic].result(30)
+        self.tail = TopicTail(self.env.bootstrap, self.topic, decode=False).start()
+        log = (self.workdir / "pipe.log").open("wb")
+        cmd = (f"stdbuf -oL virsh -q -r -c {shlex.quote(self.env.test_uri)} event --all --loop --timestamp"
+               f" | kcat -q -P -b {shlex.quote(self.env.bootstrap)} -t {shlex.quote(self.topic)}")
+        progress(f"peer: {cmd}")
+        # Its own process group, so stop() ends both ends of the pipe.
+        self.proc = subprocess.Popen(["bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        probe = f"peer-probe-{uuid_mod.uuid4().hex[:6]}"
+        deadline = time.monotonic() + timeout
+        tries = 0
+        while not any(line.domain.startswith(probe + "-") for line in self.lines()):
+            self.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the peer pipe published no probe event in {timeout:.0f}s")
+            tries += 1
+            run_generator("tight", self.env.test_uri, probe, count=1)  # DEFINED + UNDEFINED of one domain
+            with contextlib.suppress(TimeoutError):
+                self.tail.wait(lambda t: t.records > 0, 2.0, "the probe")
+        progress(f"peer: pipe up (probe seen after {tries} attempt(s))")
+        return self
+
+    def check(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the peer pipe exited with {self.proc.returncode}: "
+                               f"{(self.workdir / 'pipe.log').read_text()[-1000:]}")
+
+    def lines(self, start: int = 0) -> list[PeerLine]:
+        assert self.tail is not None
+        out = []
+        for s in self.tail.seen()[start:]:
+            line = parse_peer_line(s.visible_us, s.record or b"")
+            if line is not None:
+                out.append(line)
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.tail is not None:
+            self.tail.stop()
+            self.tail = None
+
+    def __enter__(self) -> PeerPipe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- profiling the agent ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def profiled(pid: int, name: str) -> Any:
+    """``py-spy record --threads --idle`` of ``pid`` while the block runs, when ``LKB_BENCH_PROFILE`` is set.
+
+    Writes ``bench-results/profiles/<name>.speedscope.json`` (open at speedscope.app) and
+    ``<name>.txt``, the top functions by samples per thread (py-spy's raw format, collapsed here).
+    A no-op without the variable or without py-spy (``pip install .[bench]``).
+    """
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.environ.get("LKB_BENCH_PROFILE") or not Path(exe).exists():
+        yield
+        return
+    out = RESULTS_DIR / "profiles"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.speedscope.json"
+    procs = [subprocess.Popen([exe, "record", "--pid", str(pid), "--threads", "--idle", "--rate", "200",
+                               "--format", "speedscope", "--output", str(path), "--nonblocking"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    progress(f"py-spy recording pid {pid} -> {out / name}.*")
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if path.exists():
+            (out / f"{name}.txt").write_text(summarize_speedscope(path))
+
+
+def summarize_speedscope(path: Path, top: int = 12) -> str:
+    """Per thread: share of samples by leaf function (self time, idle included) and by frame (total)."""
+    doc = json.loads(path.read_text())
+    frames = [f"{f['name']} ({Path(f.get('file', '?')).name}:{f.get('line', '?')})" for f in doc["shared"]["frames"]]
+    lines: list[str] = []
+    for prof in doc["profiles"]:
+        samples = prof.get("samples", [])
+        weights = prof.get("weights", [1] * len(samples))
+        total = sum(weights) or 1
+        leaf: dict[str, float] = {}
+        inclusive: dict[str, float] = {}
+        for stack, w in zip(samples, weights, strict=False):
+            if not stack:
+                continue
+            leaf[frames[stack[-1]]] = leaf.get(frames[stack[-1]], 0) + w
+            for name in {frames[i] for i in stack}:
+                inclusive[name] = inclusive.get(name, 0) + w
+        lines.append(f"== {prof.get('name', '?')}: {len(samples)} samples")
+        lines.append("  self (leaf) time:")
+        lines += [f"    {100 * w / total:5.1f}%  {n}" for n, w in sorted(leaf.items(), key=lambda kv: -kv[1])[:top]]
+        lines.append("  total (inclusive) time:")
+        lines += [f"    {100 * w / total:5.1f}%  {n}" for n, w in
+                  sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(lines) + "\n"

@@ -14,6 +14,12 @@ to the consumer (same machine, same clock). Phases, one after the other:
    (lookup, XML, state, flags), so this is the agent's per-record cost when domains exist.
 3. ``undefine burst``: undefine those M domains (DELETED + tombstone each).
 
+Then the same three phases through the peer of issue 10, ``virsh event --all --loop --timestamp |
+kcat -P`` (:class:`tests.bench.PeerPipe`): one line per event, no snapshot, no version, no key. Its
+window runs from the phase's first event as virsh stamped it (millisecond precision) to the moment its
+last line became visible to the same consumer; events it lost are counted. With ``LKB_BENCH_PROFILE=1``
+each agent phase is recorded by py-spy into ``bench-results/profiles/``.
+
 ``python -m tests.bench.bench_agent_throughput``
 """
 
@@ -28,10 +34,12 @@ from typing import Any
 from tests.bench import (
     BenchEnv,
     BenchResult,
+    PeerPipe,
     TopicTail,
     main_one,
     proc_cpu_seconds,
     proc_status_kib,
+    profiled,
     progress,
     start_agent,
     start_generator,
@@ -48,17 +56,8 @@ BURST_DOMAINS = 1500
 TIMEOUT = 180.0
 
 
-def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int, mode: str, prefix: str,
-           **options: object) -> dict[str, Any]:
-    """Run one generator and wait until ``expected`` more events are visible; the phase's numbers."""
-    uri = env.test_uri
-    pid = agent.proc.pid
-    daemon = env.libvirtd_pid() or 0
-    seen_before, events_before = len(tail.seen()), tail.events
-    cpu0, threads0, daemon_cpu0 = proc_cpu_seconds(pid), thread_cpu_seconds(pid), proc_cpu_seconds(daemon)
-    t0 = time.monotonic()
-    progress(f"{NAME}: {name}: generator {mode} -> {expected} events")
-    gen = start_generator(mode, uri, prefix, **options)
+def _wait_phase(name: str, agent: Any, tail: TopicTail, expected: int, gen: Any, events_before: int) -> dict[str, Any]:
+    """Wait until ``expected`` more events are visible; the generator's summary."""
     try:
         next_report = time.monotonic() + 5
 
@@ -74,9 +73,24 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
             return t.events - events_before >= expected
 
         tail.wait(done, TIMEOUT, f"{expected} events of phase {name}", check=check)
-        summary = gen.result()
+        return dict(gen.result())
     finally:
         gen.kill()
+
+
+def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int, mode: str, prefix: str,
+           **options: object) -> dict[str, Any]:
+    """Run one generator and wait until ``expected`` more events are visible; the phase's numbers."""
+    uri = env.test_uri
+    pid = agent.proc.pid
+    daemon = env.libvirtd_pid() or 0
+    seen_before, events_before = len(tail.seen()), tail.events
+    cpu0, threads0, daemon_cpu0 = proc_cpu_seconds(pid), thread_cpu_seconds(pid), proc_cpu_seconds(daemon)
+    t0 = time.monotonic()
+    progress(f"{NAME}: {name}: generator {mode} -> {expected} events")
+    gen = start_generator(mode, uri, prefix, **options)
+    with profiled(pid, f"throughput-{name.replace(' ', '-')}"):
+        summary = _wait_phase(name, agent, tail, expected, gen, events_before)
     elapsed = time.monotonic() - t0
     cpu = proc_cpu_seconds(pid) - cpu0
     daemon_cpu = proc_cpu_seconds(daemon) - daemon_cpu0
@@ -111,6 +125,50 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
     return out
 
 
+QUIET_S = 3.0
+"""The peer may lose events: a phase ends when all arrived, or when none arrived for this long after
+the generator finished."""
+
+
+def _peer_phase(env: BenchEnv, name: str, peer: PeerPipe, expected: int, mode: str, prefix: str,
+                **options: object) -> dict[str, Any]:
+    """The same generator through the peer pipe; window = first virsh timestamp -> last line visible."""
+    assert peer.tail is not None
+    tail = peer.tail
+    before = len(tail.seen())
+    progress(f"{NAME}: peer {name}: generator {mode} -> {expected} events")
+    gen = start_generator(mode, env.test_uri, prefix, **options)
+    try:
+        last_count, last_change = 0, time.monotonic()
+
+        def done(t: TopicTail) -> bool:
+            nonlocal last_count, last_change
+            n = t.records + t.tombstones - before
+            if n != last_count:
+                last_count, last_change = n, time.monotonic()
+            finished = gen.proc.poll() is not None
+            return n >= expected or (finished and time.monotonic() - last_change > QUIET_S)
+
+        def check() -> None:
+            gen.check()
+            peer.check()
+
+        tail.wait(done, TIMEOUT, f"{expected} peer events of phase {name}", check=check)
+        summary = gen.result()
+    finally:
+        gen.kill()
+    lines = [ln for ln in peer.lines(before) if ln.domain.startswith(prefix + "-")]
+    first_event = min(ln.event_us for ln in lines)
+    last_visible = max(ln.visible_us for ln in lines)
+    window = (last_visible - first_event) / 1e6
+    out = {"events": len(lines), "expected": expected, "lost": expected - len(lines), "window_s": round(window, 3),
+           "events_per_s": len(lines) / window, "lag_after_last_call_s": (last_visible - summary["end_us"]) / 1e6,
+           "generator": summary, "generator_calls_per_s": round(summary["ops"] / summary["seconds"], 1)}
+    progress(f"{NAME}: peer {name}: {len(lines)}/{expected} events over {window:.2f}s "
+             f"({out['events_per_s']:,.0f} events/s; generator {out['generator_calls_per_s']:,.0f} calls/s)")
+    return out
+
+
 def run(env: BenchEnv, churn_domains: int = CHURN_DOMAINS, burst_domains: int = BURST_DOMAINS) -> BenchResult:
     result = BenchResult(NAME, TITLE, params={
         "churn_domains": churn_domains, "churn_events": 2 * churn_domains, "burst_domains": burst_domains,
@@ -133,6 +191,11 @@ def run(env: BenchEnv, churn_domains: int = CHURN_DOMAINS, burst_domains: int = 
             result.notes.append(f"agent exited with {status} on SIGTERM")
     finally:
         agent.kill()
+    with PeerPipe(env, "peer-throughput") as peer:
+        peer_churn = _peer_phase(env, "churn", peer, 2 * churn_domains, "tight", f"ptput-{tag}", count=churn_domains)
+        peer_define = _peer_phase(env, "define burst", peer, burst_domains, "pool-define", f"pburst-{tag}",
+                                  pool=burst_domains)
+        peer_undefine = _peer_phase(env, "undefine burst", peer, burst_domains, "pool-remove", f"pburst-{tag}")
 
     window_def = ("events / (first event received_at -> record with the phase's last event visible to a "
                   "consumer in the bench process)")
@@ -158,8 +221,22 @@ def run(env: BenchEnv, churn_domains: int = CHURN_DOMAINS, burst_domains: int = 
                "agent process user+system CPU seconds / wall seconds, churn generator start -> all visible")
     result.add("agent_define_cpu_pct", "agent CPU, define burst", define["agent_cpu_pct"], "% of one core",
                "same, define burst")
+    peer_def = ("virsh event --all --loop --timestamp | kcat -P, same generator: events / (first event as virsh "
+                "stamped it -> the phase's last line visible to the same consumer)")
+    for key, label, phase in (("churn", "churn", peer_churn), ("define", "define burst", peer_define),
+                              ("undefine", "undefine burst", peer_undefine)):
+        result.add(f"peer_{key}_events_per_s", f"peer (virsh|kcat) events -> visible, {label}", phase["events_per_s"],
+                   "events/s", peer_def)
+        result.add(f"peer_{key}_lost", f"peer (virsh|kcat) events lost, {label}", phase["lost"], "events",
+                   "events the generator caused that never appeared on the peer's topic")
+    for key, agent_phase, peer_phase in (("churn", churn, peer_churn), ("define", define, peer_define),
+                                         ("undefine", undefine, peer_undefine)):
+        result.add(f"ratio_{key}_agent_to_peer", f"agent / peer events/s, {key}",
+                   agent_phase["events_per_s"] / peer_phase["events_per_s"], "x",
+                   "agent events/s divided by the peer's, same phase, same run (>= 1 means the agent is faster)")
     result.details = {"churn": churn, "define_burst": define, "undefine_burst": undefine,
-                      "agent_rss_end_mib": round(rss_kib / 1024, 1)}
+                      "agent_rss_end_mib": round(rss_kib / 1024, 1),
+                      "peer": {"churn": peer_churn, "define_burst": peer_define, "undefine_burst": peer_undefine}}
     elided = churn["events_elided"] + define["events_elided"] + undefine["events_elided"]
     if elided:
         result.notes.append(f"{elided} events were elided by the per-domain cap")

@@ -15,9 +15,17 @@ process stamps every record the moment its poll returns it (wall clock, same mac
 - ``call -> visible``: the generator's libvirt call returned -> the record with its event visible: what
   a user who changed a domain waits to see it on the topic.
 
-For scale, a ``Kafka floor`` phase first produces ~1.5 KB messages at 100/s from this process with the
-agent's producer settings (idempotent, ``acks=all``, zstd, ``linger.ms=5``, murmur2) to a scratch topic:
-``produce() called -> visible`` is what the broker and clients alone cost on this machine.
+For scale, a ``Kafka floor`` phase first produces ~1.5 KB messages at 100/s and 1000/s from this
+process with the agent's producer settings (idempotent, ``acks=all``, zstd, the agent's ``linger.ms``,
+murmur2) to a scratch topic: ``produce() called -> visible`` is what the broker and clients alone cost
+on this machine.
+
+Then the same paced workload through the peer of issue 10, ``virsh event --all --loop --timestamp |
+kcat -P`` (:class:`tests.bench.PeerPipe`), stamped by the same consumer: ``event -> visible`` from
+virsh's own timestamp (millisecond precision, truncated, so up to 1 ms pessimistic for the peer) and
+``call -> visible`` from the generator's call, matched per domain in order. The rates above the
+latency targets' (2000/s, 4000/s) find where each one saturates: delivered events/s against offered.
+With ``LKB_BENCH_PROFILE=1`` the agent's phases are recorded by py-spy into ``bench-results/profiles/``.
 
 ``python -m tests.bench.bench_latency``
 """
@@ -28,20 +36,25 @@ import json
 import os
 import sys
 import threading
+import time
 import uuid as uuid_mod
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import libvirt
 
 from devenv.pacing import Pacer
 from tests.bench import (
     CYCLE_EVENT,
     BenchEnv,
     BenchResult,
+    PeerPipe,
     TopicTail,
     main_one,
     now_us,
     percentile,
+    profiled,
     progress,
     run_generator,
     start_agent,
@@ -54,16 +67,21 @@ TITLE = "event -> record latency at a fixed rate"
 NEEDS = ("kafka", "libvirt")
 
 POOL = 50
-RATES = (100, 500)
-SECONDS = 8.0
+RATES = (100, 500, 1000, 2000, 4000)
+SECONDS = 6.0
 TIMEOUT = 120.0
 
 
-FLOOR_RATE = 100
-FLOOR_MESSAGES = 300
+FLOOR_RATES = (100, 1000)
+FLOOR_SECONDS = 3.0
 
 
-def _kafka_floor(env: BenchEnv) -> dict[str, Any]:
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {"p50": percentile(values, 50), "p90": percentile(values, 90), "p99": percentile(values, 99),
+            "max": max(values, default=float("nan")), "n": len(values)}
+
+
+def _kafka_floor(env: BenchEnv, rate: int) -> dict[str, Any]:
     """produce() -> visible to a consumer, with the agent's producer settings, no agent involved."""
     from confluent_kafka import Producer  # noqa: PLC0415
     from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
@@ -83,23 +101,23 @@ def _kafka_floor(env: BenchEnv) -> dict[str, Any]:
             producer.poll(0.1)
 
     server = threading.Thread(target=serve, name="floor-delivery", daemon=True)
-    progress(f"{NAME}: Kafka floor: {FLOOR_MESSAGES} messages at {FLOOR_RATE}/s with the agent's producer settings")
+    messages = int(rate * FLOOR_SECONDS)
+    progress(f"{NAME}: Kafka floor: {messages} messages at {rate}/s with the agent's producer settings")
     with TopicTail(env.bootstrap, topic, decode=False) as tail:
         server.start()
         try:
-            pacer = Pacer(FLOOR_RATE)
-            for i in range(FLOOR_MESSAGES):
+            pacer = Pacer(rate)
+            for i in range(messages):
                 pacer.wait_turn(i)
                 producer.produce(topic, key=keys[i % POOL], value=f"{now_us()} {padding}".encode())
-            tail.wait(lambda t: t.records >= FLOOR_MESSAGES, TIMEOUT, f"{FLOOR_MESSAGES} floor messages")
+            tail.wait(lambda t: t.records >= messages, TIMEOUT, f"{messages} floor messages")
         finally:
             stop.set()
             server.join(5)
             producer.flush(10)
         latencies = [(s.visible_us - int(s.record.split(b" ", 1)[0])) / 1000 for s in tail.seen()]
     admin.delete_topics([topic])
-    return {"p50": percentile(latencies, 50), "p90": percentile(latencies, 90), "p99": percentile(latencies, 99),
-            "max": max(latencies), "n": len(latencies)}
+    return {"rate": rate, **_stats(latencies), "samples_ms": sorted(round(x, 3) for x in latencies)}
 
 
 def _ops_for(rate: int, seconds: float, pool: int) -> int:
@@ -117,8 +135,9 @@ def _phase(env: BenchEnv, agent: Any, tail: TopicTail, prefix: str, rate: int, o
             gen.check()
             agent.check_alive()
 
-        tail.wait(lambda t: t.events - events_before >= ops, ops / rate + TIMEOUT,
-                  f"{ops} events at {rate}/s", check=check)
+        with profiled(agent.proc.pid, f"latency-{rate}"):
+            tail.wait(lambda t: t.events - events_before >= ops, ops / rate + TIMEOUT,
+                      f"{ops} events at {rate}/s", check=check)
         summary = gen.result()
     finally:
         gen.kill()
@@ -154,17 +173,87 @@ def _phase(env: BenchEnv, agent: Any, tail: TopicTail, prefix: str, rate: int, o
             call_to_received.append((e.received_at - after) / 1000)
     records = len(seen)
     events = len(to_visible)
+    first = min(e.received_at for evs in per_uuid.values() for _s, e in evs)
+    last = max(s.visible_us for s in seen)
     stats = {
         "rate": rate, "ops": ops, "achieved_ops_per_s": summary["ops"] / summary["seconds"],
+        "delivered_events_per_s": events / ((last - first) / 1e6),
         "generator_max_behind_s": summary["max_behind_s"], "events": events, "records": records,
         "events_per_record": events / records if records else float("nan"), "unmatched_events": mismatched,
     }
     for key, values in (("event_to_visible_ms", to_visible), ("event_to_snapshot_ms", to_snapshot),
                         ("snapshot_to_visible_ms", snapshot_to_visible), ("call_to_visible_ms", call_to_visible),
                         ("call_to_received_ms", call_to_received)):
-        stats[key] = {"p50": percentile(values, 50), "p90": percentile(values, 90), "p99": percentile(values, 99),
-                      "max": max(values, default=float("nan")), "n": len(values)}
+        stats[key] = _stats(values)
+    stats["samples_ms"] = {"event_to_visible": sorted(round(x, 3) for x in to_visible),
+                           "call_to_visible": sorted(round(x, 3) for x in call_to_visible)}
     progress(f"{NAME}: @{rate}/s: {events} events in {records} records; event->visible p50 "
+             f"{stats['event_to_visible_ms']['p50']:.2f} ms p99 {stats['event_to_visible_ms']['p99']:.2f} ms")
+    return stats
+
+
+def _peer_phase(env: BenchEnv, peer: PeerPipe, prefix: str, names: dict[str, str], rate: int, ops: int,
+                out: Path) -> dict[str, Any]:
+    """The paced workload through the peer pipe, stamped by the same kind of consumer."""
+    assert peer.tail is not None
+    before = len(peer.tail.seen())
+    progress(f"{NAME}: peer: {ops} operations at {rate}/s over {POOL} domains (~{ops / rate:.0f}s)")
+    gen = start_generator("paced", env.test_uri, prefix, pool=POOL, rate=rate, ops=ops, out=out)
+    try:
+        quiet = {"n": 0, "t": 0.0}
+
+        def done(t: TopicTail) -> bool:  # all events, or (the pipe loses some) quiet after the generator
+            n = t.records - before
+            if n != quiet["n"]:
+                quiet["n"], quiet["t"] = n, time.monotonic()
+            return n >= ops or (gen.proc.poll() is not None and time.monotonic() - quiet["t"] > 3.0)
+
+        def check() -> None:
+            gen.check()
+            peer.check()
+
+        peer.tail.wait(done, ops / rate + TIMEOUT, f"{ops} peer events at {rate}/s", check=check)
+        summary = gen.result()
+    finally:
+        gen.kill()
+    calls: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+    for uuid, op, before_us, after_us in json.loads(out.read_text()):
+        calls[names[uuid]].append((op, before_us, after_us))
+    lines: dict[str, list[Any]] = defaultdict(list)
+    cycle_types = set(CYCLE_EVENT.values())
+    for line in peer.lines(before):
+        if line.domain.startswith(prefix + "-") and line.type in cycle_types:
+            lines[line.domain].append(line)
+    to_visible = [(ln.visible_us - ln.event_us) / 1000 for lns in lines.values() for ln in lns]
+    call_to_visible: list[float] = []
+    mismatched = 0
+    for name, ops_of in calls.items():
+        got = lines.get(name, [])
+        # Match in order by type; a lost line skips its call (counted), the rest still match.
+        j = 0
+        for op, _before, after in ops_of:
+            k = j
+            while k < len(got) and got[k].type != CYCLE_EVENT[op]:
+                k += 1
+            if k >= len(got) or k - j > 3:
+                mismatched += 1
+                continue
+            call_to_visible.append((got[k].visible_us - after) / 1000)
+            j = k + 1
+    events = len(to_visible)
+    all_lines = [ln for lns in lines.values() for ln in lns]
+    first = min(ln.event_us for ln in all_lines)
+    last = max(ln.visible_us for ln in all_lines)
+    stats: dict[str, Any] = {
+        "rate": rate, "ops": ops, "achieved_ops_per_s": summary["ops"] / summary["seconds"],
+        "delivered_events_per_s": events / ((last - first) / 1e6),
+        "generator_max_behind_s": summary["max_behind_s"], "events": events, "lost": ops - events,
+        "unmatched_calls": mismatched,
+        "event_to_visible_ms": _stats(to_visible), "call_to_visible_ms": _stats(call_to_visible),
+        "samples_ms": {"event_to_visible": sorted(round(x, 3) for x in to_visible),
+                       "call_to_visible": sorted(round(x, 3) for x in call_to_visible)},
+    }
+    progress(f"{NAME}: peer @{rate}/s: {events}/{ops} events; event->visible p50 "
              f"{stats['event_to_visible_ms']['p50']:.2f} ms p99 {stats['event_to_visible_ms']['p99']:.2f} ms")
     return stats
 
@@ -177,8 +266,10 @@ def run(env: BenchEnv, rates: tuple[int, ...] = RATES, seconds: float = SECONDS)
     prefix = f"lat-{uuid_mod.uuid4().hex[:6]}"
     workdir = env.dir(NAME)
     phases: list[dict[str, Any]] = []
-    floor = _kafka_floor(env)
-    progress(f"{NAME}: Kafka floor: produce -> visible p50 {floor['p50']:.2f} ms p99 {floor['p99']:.2f} ms")
+    floors = [_kafka_floor(env, r) for r in FLOOR_RATES]
+    for floor in floors:
+        progress(f"{NAME}: Kafka floor @{floor['rate']}/s: produce -> visible p50 {floor['p50']:.2f} ms "
+                 f"p99 {floor['p99']:.2f} ms")
     try:
         with TopicTail(env.bootstrap, topic) as tail:
             progress(f"{NAME}: defining a pool of {POOL} domains")
@@ -198,16 +289,41 @@ def run(env: BenchEnv, rates: tuple[int, ...] = RATES, seconds: float = SECONDS)
         except Exception as exc:  # cleanup only; the daemon is private to the bench run
             result.notes.append(f"pool cleanup failed: {exc}")
 
-    for q in ("p50", "p99"):
-        result.add(f"kafka_floor_{q}", f"Kafka floor @{FLOOR_RATE}/s: produce -> visible {q}", floor[q], "ms",
-                   "no agent: produce() called in the bench process with the agent's producer settings -> "
-                   "message visible to the bench's consumer (linger, acks=all append, fetch)")
+    peer_phases: list[dict[str, Any]] = []
+    peer_prefix = f"plat-{uuid_mod.uuid4().hex[:6]}"
+    with PeerPipe(env, "peer-latency") as peer:
+        try:
+            run_generator("pool-define", env.test_uri, peer_prefix, pool=POOL)
+            assert peer.tail is not None
+            peer.tail.wait(lambda _t: sum(ln.domain.startswith(peer_prefix + "-") for ln in peer.lines()) >= POOL,
+                           TIMEOUT, f"the peer's {POOL} DEFINED lines", check=peer.check)
+            conn = libvirt.openReadOnly(env.test_uri)
+            try:
+                names = {d.UUIDString(): d.name() for d in conn.listAllDomains(0)
+                         if d.name().startswith(peer_prefix + "-")}
+            finally:
+                conn.close()
+            for rate in rates:
+                peer_phases.append(_peer_phase(env, peer, peer_prefix, names, rate, _ops_for(rate, seconds, POOL),
+                                               workdir / f"peer-ops-{rate}.json"))
+        finally:
+            run_generator("pool-remove", env.test_uri, peer_prefix)
+
+    for floor in floors:
+        for q in ("p50", "p99"):
+            result.add(f"kafka_floor_{floor['rate']}_{q}", f"Kafka floor @{floor['rate']}/s: produce -> visible {q}",
+                       floor[q], "ms",
+                       "no agent: produce() called in the bench process with the agent's producer settings -> "
+                       "message visible to the bench's consumer (linger, acks=all append, fetch)")
+    peers = {p["rate"]: p for p in peer_phases}
     for p in phases:
         r = p["rate"]
         at = f"@{r}/s"
         result.add(f"r{r}_achieved", f"latency {at}: achieved operation rate", p["achieved_ops_per_s"], "ops/s",
                    f"operations per second the generator achieved (target {r}/s, {p['ops']} operations, "
                    f"one lifecycle event each, round-robin over {POOL} domains)")
+        result.add(f"r{r}_delivered", f"latency {at}: agent delivered events/s", p["delivered_events_per_s"],
+                   "events/s", "events / (first event received -> last record visible), the agent")
         for q in ("p50", "p99"):
             result.add(f"r{r}_event_to_visible_{q}", f"latency {at}: event -> visible {q}",
                        p["event_to_visible_ms"][q], "ms",
@@ -221,11 +337,26 @@ def run(env: BenchEnv, rates: tuple[int, ...] = RATES, seconds: float = SECONDS)
             result.add(f"r{r}_call_to_visible_{q}", f"latency {at}: libvirt call -> visible {q}",
                        p["call_to_visible_ms"][q], "ms",
                        "the generator's libvirt call returned -> the record with its event visible to a consumer")
+        pp = peers.get(r)
+        if pp is not None:
+            result.add(f"peer_r{r}_delivered", f"latency {at}: peer delivered events/s", pp["delivered_events_per_s"],
+                       "events/s", "events / (first event virsh stamped -> last line visible), the peer")
+            for q in ("p50", "p99"):
+                result.add(f"peer_r{r}_event_to_visible_{q}", f"latency {at}: peer event -> visible {q}",
+                           pp["event_to_visible_ms"][q], "ms",
+                           "peer (virsh event | kcat -P): virsh's timestamp of the event (ms, truncated) -> the line "
+                           "visible to the same kind of consumer")
+            for q in ("p50", "p99"):
+                result.add(f"peer_r{r}_call_to_visible_{q}", f"latency {at}: peer libvirt call -> visible {q}",
+                           pp["call_to_visible_ms"][q], "ms",
+                           "peer: the generator's libvirt call returned -> the line with its event visible")
+            result.add(f"peer_r{r}_lost", f"latency {at}: peer events lost", pp["lost"], "events",
+                       "operations whose event never appeared on the peer's topic")
         if p["unmatched_events"]:
             result.notes.append(f"@{r}/s: {p['unmatched_events']} events could not be matched to an operation")
         if p["events_per_record"] > 1.0:
             result.notes.append(f"@{r}/s: {p['events_per_record']:.3f} events per record (some coalesced)")
-    result.details = {"kafka_floor_ms": floor, "phases": phases}
+    result.details = {"kafka_floor_ms": floors, "phases": phases, "peer_phases": peer_phases}
     return result
 
 

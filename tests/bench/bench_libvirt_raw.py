@@ -6,6 +6,12 @@ counts; a generator subprocess defines then undefines N fresh domains as fast as
 The rate is events / (last event received - first event received), both on this process's clock.
 It is the ceiling any agent on this daemon can reach.
 
+Then the snapshot-read ceiling: a pool of shut-off domains is defined, and N threads (1, 4, 8) share
+one read-only connection, as the agent's ``snapshot-reader`` threads do, each reading full snapshots
+round-robin over the pool with exactly the calls of the agent's original reader
+(``lookupByUUIDString``, ``XMLDesc(0)``, ``state()``, ``isPersistent()``: four round-trips) for a
+fixed time; plus the bare round-trip rate (``state()`` on a held domain, 4 threads).
+
 ``python -m tests.bench.bench_libvirt_raw``
 """
 
@@ -19,7 +25,15 @@ import uuid as uuid_mod
 import libvirt
 
 from bridge.agent.event_loop import LibvirtEventLoop
-from tests.bench import BenchEnv, BenchResult, main_one, proc_cpu_seconds, progress, start_generator
+from tests.bench import (
+    BenchEnv,
+    BenchResult,
+    main_one,
+    proc_cpu_seconds,
+    progress,
+    run_generator,
+    start_generator,
+)
 
 NAME = "libvirt_raw"
 TITLE = "raw libvirt events -> bare callback"
@@ -27,6 +41,9 @@ NEEDS = ("libvirt",)
 
 DOMAINS = 3000
 TIMEOUT = 120.0
+SNAPSHOT_POOL = 300
+SNAPSHOT_THREADS = (1, 4, 8)
+SNAPSHOT_SECONDS = 2.0
 
 
 class _Counter:
@@ -50,6 +67,75 @@ class _Counter:
         self.count += 1
         if self.count >= self.expected:
             self.done.set()
+
+
+def _full_snapshot(conn: libvirt.virConnect, uuid: str) -> None:
+    """The agent's original snapshot read: lookup, XML, state, flags (4 round-trips)."""
+    dom = conn.lookupByUUIDString(uuid)
+    dom.ID()
+    dom.name()
+    dom.XMLDesc(0)
+    dom.state()
+    dom.isPersistent()
+
+
+def _reads_per_s(conn: libvirt.virConnect, work: list, threads: int, seconds: float, read) -> float:
+    """``read(conn, item)`` round-robin over ``work`` by ``threads`` threads for ``seconds``: reads/s."""
+    counts = [0] * threads
+    stop = threading.Event()
+    start_line = threading.Barrier(threads + 1)
+
+    def worker(i: int) -> None:
+        start_line.wait()
+        n, k = 0, i
+        while not stop.is_set():
+            read(conn, work[k % len(work)])
+            n += 1
+            k += threads
+        counts[i] = n
+
+    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for t in pool:
+        t.start()
+    start_line.wait()
+    t0 = time.perf_counter()
+    stop.wait(seconds)
+    stop.set()
+    for t in pool:
+        t.join(30)
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def snapshot_limits(env: BenchEnv, result: BenchResult) -> None:
+    """Snapshot reads per second with N threads on one connection (the agent's reader setup)."""
+    prefix = f"snap-{uuid_mod.uuid4().hex[:6]}"
+    # Connected first: the test driver's default state lives only while some connection holds it.
+    conn = libvirt.openReadOnly(env.test_uri)
+    rates: dict[str, float] = {}
+    try:
+        progress(f"{NAME}: defining {SNAPSHOT_POOL} domains for the snapshot-read limit")
+        run_generator("pool-define", env.test_uri, prefix, pool=SNAPSHOT_POOL)
+        doms = [d for d in conn.listAllDomains(0) if d.name().startswith(prefix + "-")]
+        uuids = [d.UUIDString() for d in doms]
+        for n in SNAPSHOT_THREADS:
+            rate = _reads_per_s(conn, uuids, n, SNAPSHOT_SECONDS, _full_snapshot)
+            rates[str(n)] = round(rate, 1)
+            progress(f"{NAME}: full snapshot reads, {n} thread(s): {rate:,.0f}/s")
+            result.add(f"raw_snapshot_reads_per_s_t{n}", f"libvirt raw snapshot reads, {n} thread(s)", rate,
+                       "snapshots/s", "full snapshot reads (lookupByUUIDString + XMLDesc(0) + state() + "
+                       "isPersistent(): the agent's original calls) per second by N threads sharing one "
+                       f"read-only connection, round-robin over {SNAPSHOT_POOL} shut-off domains, "
+                       f"{SNAPSHOT_SECONDS:.0f} s each")
+        rtt = _reads_per_s(conn, doms, 4, SNAPSHOT_SECONDS, lambda _c, d: d.state())
+        progress(f"{NAME}: bare round-trips (state() on a held domain), 4 threads: {rtt:,.0f}/s")
+        result.add("raw_round_trips_per_s", "libvirt raw round-trips (state()), 4 threads", rtt, "calls/s",
+                   "virDomainGetState on held domain objects, 4 threads on one read-only connection: the "
+                   "daemon's bare request rate")
+    finally:
+        run_generator("pool-remove", env.test_uri, prefix)
+        conn.close()
+    result.details["snapshot_reads_per_s"] = rates
+    result.details["round_trips_per_s_4_threads"] = round(rtt, 1)
 
 
 def run(env: BenchEnv, domains: int = DOMAINS) -> BenchResult:
@@ -95,6 +181,8 @@ def run(env: BenchEnv, domains: int = DOMAINS) -> BenchResult:
                       "cpu_pct_of_one_core": {"libvirtd": round(100 * daemon_cpu / gen_s, 1),
                                               "generator": round(100 * summary["cpu_s"] / gen_s, 1),
                                               "listener (this process)": round(100 * me_cpu / gen_s, 1)}}
+    with LibvirtEventLoop():
+        snapshot_limits(env, result)
     return result
 
 

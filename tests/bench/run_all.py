@@ -4,7 +4,9 @@ Starts an isolated libvirtd (:class:`devenv.LibvirtHost`, test driver over ``tes
 on first use, a single-node Kafka (:class:`devenv.KafkaCluster`), so the libvirt-only benchmark
 runs first without a broker JVM warming up beside it. Runs each ``bench_*`` module on them, prints the
 table and what each number measures, and writes ``bench-results/<name>.json`` and
-``bench-results/summary.json``. Everything it started is stopped, even on failure or SIGTERM; a
+``bench-results/summary.json``, prints issue 10's targets (agent vs peer vs raw limits of this run)
+and draws ``bench-results/*.png`` (:mod:`tests.bench.report`). Everything it started is stopped, even on
+failure or SIGTERM; a
 failed benchmark is reported (and the exit status is 1) while the others still run.
 
 ``python -m tests.bench.run_all [--only NAME ...]``
@@ -52,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - t
     print_table(results)
     path = write_results(results, started, seconds)
+    from tests.bench import report  # noqa: PLC0415
+
+    docs = [r.to_json() for r in results]
+    report.print_targets(docs)
+    for png in report.plot(docs):
+        progress(f"wrote {png.relative_to(RESULTS_DIR.parent)}")
     progress(f"wrote {len(results)} result file(s) and {path.relative_to(RESULTS_DIR.parent)} in {seconds:.0f}s total")
     failed = [r.name for r in results if r.error]
     if failed:

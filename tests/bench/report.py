@@ -1,0 +1,170 @@
+"""What ``make bench`` concludes from its results: the issue-10 ratios and targets, and the plots.
+
+Everything here reads :class:`~tests.bench.BenchResult` objects of one run (or ``summary.json``), so
+the agent, the peer and the raw limits compared are always from the same run on the same machine.
+
+``python -m tests.bench.report [bench-results/summary.json]`` redraws the plots and prints the targets
+from a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.bench import RESULTS_DIR, format_value
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    value: float
+    limit: float
+    unit: str
+    higher_is_better: bool
+
+    @property
+    def met(self) -> bool:
+        if math.isnan(self.value) or math.isnan(self.limit):
+            return False
+        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+
+
+def _metrics(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    return {r["name"]: {m["key"]: m["value"] for m in r.get("metrics", [])} for r in results}
+
+
+def targets(results: list[dict[str, Any]]) -> list[Target]:
+    """Issue 10's targets, each from numbers of this run (missing numbers make NaN, not met)."""
+    m = _metrics(results)
+    raw, tput, lat = m.get("libvirt_raw", {}), m.get("agent_throughput", {}), m.get("latency", {})
+    nan = math.nan
+    raw_events = raw.get("raw_events_per_s", nan)
+    snap = max((v for k, v in raw.items() if k.startswith("raw_snapshot_reads_per_s_t")), default=nan)
+    out: list[Target] = []
+    for key, label in (("define", "define burst"), ("undefine", "undefine burst")):
+        agent = tput.get(f"agent_{key}_events_per_s", nan)
+        out.append(Target(f"{label}: agent events/s >= peer's", agent, tput.get(f"peer_{key}_events_per_s", nan),
+                          "events/s", True))
+        out.append(Target(f"{label}: agent events/s >= 80% of raw libvirt events/s", agent, 0.8 * raw_events,
+                          "events/s", True))
+    out.append(Target("define burst: agent events/s >= 50% of raw snapshot reads/s (best thread count)",
+                      tput.get("agent_define_events_per_s", nan), 0.5 * snap, "events/s", True))
+    for rate, limit in ((500, 25.0), (1000, 50.0)):
+        p99 = lat.get(f"r{rate}_event_to_visible_p99", nan)
+        out.append(Target(f"@{rate}/s: event -> visible p99 <= {limit:.0f} ms", p99, limit, "ms", False))
+        out.append(Target(f"@{rate}/s: event -> visible p99 <= peer's p99", p99,
+                          lat.get(f"peer_r{rate}_event_to_visible_p99", nan), "ms", False))
+        out.append(Target(f"@{rate}/s: call -> visible p99 <= peer's p99", lat.get(f"r{rate}_call_to_visible_p99", nan),
+                          lat.get(f"peer_r{rate}_call_to_visible_p99", nan), "ms", False))
+    return out
+
+
+def print_targets(results: list[dict[str, Any]]) -> list[Target]:
+    ts = targets(results)
+    width = max(len(t.name) for t in ts) + 2
+    print("issue 10 targets (numbers of this run):")
+    for t in ts:
+        print(f"  {'MET ' if t.met else 'MISS'} {t.name:<{width}}{format_value(t.value):>10} vs "
+              f"{format_value(t.limit):>10} {t.unit}")
+    print()
+    return ts
+
+
+def plot(results: list[dict[str, Any]], directory: Path = RESULTS_DIR) -> list[Path]:
+    """``latency_cdf.png`` and ``throughput_vs_offered.png``; [] without matplotlib (``pip install .[bench]``)."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return []
+    by_name = {r["name"]: r for r in results}
+    lat = by_name.get("latency", {}).get("details", {})
+    written: list[Path] = []
+    directory.mkdir(parents=True, exist_ok=True)
+    phases = {p["rate"]: p for p in lat.get("phases", [])}
+    peers = {p["rate"]: p for p in lat.get("peer_phases", [])}
+    floors = {f["rate"]: f for f in lat.get("kafka_floor_ms", []) if isinstance(f, dict)}
+    if phases:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        for ax, rate in zip(axes, (500, 1000), strict=True):
+            curves = [("agent: event -> visible", phases.get(rate, {}), "event_to_visible", "C0", "-"),
+                      ("agent: call -> visible", phases.get(rate, {}), "call_to_visible", "C0", ":"),
+                      ("peer virsh|kcat: event -> visible", peers.get(rate, {}), "event_to_visible", "C3", "-"),
+                      ("peer virsh|kcat: call -> visible", peers.get(rate, {}), "call_to_visible", "C3", ":")]
+            for label, phase, key, color, style in curves:
+                xs = phase.get("samples_ms", {}).get(key, [])
+                if xs:
+                    ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], style, color=color, label=label)
+            floor = floors.get(1000) or next(iter(floors.values()), None)
+            if floor and floor.get("samples_ms"):
+                xs = floor["samples_ms"]
+                ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], "--", color="grey",
+                        label=f"Kafka floor @{floor['rate']}/s: produce -> visible")
+            ax.set_xscale("log")
+            ax.set_xlabel("latency (ms, log scale)")
+            ax.set_title(f"{rate} operations/s")
+            ax.axhline(0.99, color="k", linewidth=0.5)
+            ax.axvline(25 if rate == 500 else 50, color="green", linewidth=0.8, linestyle="-.",
+                       label="target p99")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel("fraction of events")
+        axes[1].legend(loc="lower right", fontsize=8)
+        fig.suptitle("event -> visible to a consumer: agent vs peer vs Kafka floor (same run)")
+        fig.tight_layout()
+        path = directory / "latency_cdf.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    if phases:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, series, color in (("agent", phases, "C0"), ("peer virsh|kcat", peers, "C3")):
+            pts = sorted((p["achieved_ops_per_s"], p["delivered_events_per_s"]) for p in series.values())
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=color, label=f"{label}, paced")
+        tput = by_name.get("agent_throughput", {}).get("details", {})
+        for key, marker in (("define_burst", "s"), ("undefine_burst", "^")):
+            agent = tput.get(key)
+            peer = tput.get("peer", {}).get(key)
+            if agent:
+                ax.plot([agent["generator_calls_per_s"]], [agent["events_per_s"]], marker, color="C0",
+                        label=f"agent, {key.replace('_', ' ')} (unpaced)")
+            if peer:
+                ax.plot([peer["generator_calls_per_s"]], [peer["events_per_s"]], marker, color="C3",
+                        label=f"peer, {key.replace('_', ' ')} (unpaced)")
+        raw = _metrics(results).get("libvirt_raw", {}).get("raw_events_per_s")
+        if raw:
+            ax.axhline(raw, color="grey", linestyle="--", label="raw libvirt events -> bare callback")
+        lim = max([*ax.get_xlim(), *ax.get_ylim()])
+        ax.plot([0, lim], [0, lim], color="k", linewidth=0.5, label="delivered = offered")
+        ax.set_xlabel("offered: generator's achieved calls/s (one event each)")
+        ax.set_ylabel("delivered: events/s visible to a consumer")
+        ax.set_title("throughput against offered rate (same run)")
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        path = directory / "throughput_vs_offered.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0]) if args else RESULTS_DIR / "summary.json"
+    results = json.loads(path.read_text())["results"]
+    print_targets(results)
+    for p in plot(results, path.parent):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
