@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge.cli.doctor import TOMBSTONE_RESYNCS
+from bridge.cli.doctor_result import TOMBSTONE_RESYNCS
 from bridge.cli.run import TEST_CLOCK_OFFSET
 from tests.support.topics import create_compacted, unique_topics
 
