@@ -296,6 +296,7 @@ def test_successful_migration(env: FleetEnv, kind: Kind) -> None:
         else:
             migrate(env, name, hop)
         claim = env.recorder.wait(uuid, hop.dst, CLAIMS, since=started)
+
         def arrived(s: Step, d: str = dst_id, t: float = started) -> bool:
             return s.host == d and s.t >= t
 
