@@ -9,6 +9,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 # The directory that holds pyproject.toml: devenv/_proc.py -> parents[1].
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +87,22 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     proc.wait()
+
+
+class Service:
+    """A thing a test starts and must stop, even when it fails: ``with Service(...) as svc: ...``."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -25,12 +25,10 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import libvirt
 
-from devenv._proc import DevEnvError, kill_pid, pid_alive, wait_until
+from devenv._proc import DevEnvError, Service, kill_pid, pid_alive, wait_until
 from devenv.libvirtd import LibvirtHost
 
 SUBNET = "10.231.0"
@@ -40,7 +38,7 @@ NET_TIMEOUT = 20.0
 _OWNED = re.compile(rf"^{NETNS_PREFIX}-(\d+)-[0-9a-f]+-")
 
 
-class Fleet:
+class Fleet(Service):
     """``hosts`` libvirtd hosts in network namespaces on one bridge; a context manager.
 
     ``fleet.hosts[i]`` is host ``i`` (0-based) at :meth:`address` ``10.231.0.{i+1}``.
@@ -133,15 +131,6 @@ class Fleet:
         self._namespaces.clear()
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- internals ----------------------------------------------------------------------------------
 

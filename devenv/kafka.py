@@ -11,13 +11,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from devenv._proc import PDEATHSIG, REPO_ROOT, DevEnvError, log_tail, terminate, wait_until
+from devenv._proc import PDEATHSIG, REPO_ROOT, DevEnvError, Service, log_tail, terminate, wait_until
 from devenv.ports import LOOPBACK, free_ports
 
 LIBS_ENV = "BRIDGE_KAFKA_LIBS"
@@ -71,7 +70,7 @@ class _Node:
         return self.dir / "server.log"
 
 
-class KafkaCluster:
+class KafkaCluster(Service):
     """``nodes`` combined broker+controller JVMs in ``workdir``; node ``i`` (0-based) has node.id i+1.
 
     Ports and data dirs are fixed at the first :meth:`start`, so :meth:`stop_node` /
@@ -168,15 +167,6 @@ class KafkaCluster:
         for proc in procs:
             terminate(proc, max(0.0, deadline - time.monotonic()))
         self._publish_cds()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -15,8 +15,7 @@ import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 from uuid import uuid4
 from xml.sax.saxutils import escape
 
@@ -25,6 +24,7 @@ import libvirt
 from devenv._proc import (
     PDEATHSIG,
     DevEnvError,
+    Service,
     kill_pid,
     log_tail,
     pid_alive,
@@ -47,7 +47,7 @@ MOUNTS = {
 SYSTEM_CAPS_CACHE = Path("/var/cache/libvirt/qemu")
 
 
-class LibvirtHost:
+class LibvirtHost(Service):
     """One libvirtd with its own config, state, sockets and (optionally) network namespace.
 
     Files live in ``workdir / name``. Connect from anywhere on the machine through
@@ -169,15 +169,6 @@ class LibvirtHost:
             self._remove_domains()
         self._stop_daemon(kill=False)
         self._kill_qemus()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- configuration ------------------------------------------------------------------------------
 

@@ -19,10 +19,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from devenv._proc import PDEATHSIG, REPO_ROOT, DevEnvError, log_tail, terminate, wait_until
+from devenv._proc import PDEATHSIG, REPO_ROOT, DevEnvError, Service, log_tail, terminate, wait_until
 from devenv.ports import LOOPBACK, free_port
 
 DIST_ENV = "BRIDGE_REGISTRY_DIR"
@@ -47,7 +46,7 @@ def default_dist_dir() -> Path:
     return Path(env) if env else REPO_ROOT / ".cache" / "apicurio-registry"
 
 
-class SchemaRegistry:
+class SchemaRegistry(Service):
     """One Apicurio Registry JVM with its config and log in ``workdir``."""
 
     def __init__(self, workdir: Path, users: Mapping[str, str] | None = None, dist_dir: Path | None = None) -> None:
@@ -105,15 +104,6 @@ class SchemaRegistry:
             request.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (an http URL we built)
             return json.loads(response.read())
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- internals --------------------------------------------------------------------------------
 
