@@ -8,13 +8,18 @@ import pytest
 
 from bridge.agent.event_loop import LibvirtEventLoop
 from devenv import KafkaCluster, LibvirtHost
+from devenv.kafka_source import Broker, Unavailable, kafka_broker
 
 
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    """One KRaft broker+controller on 127.0.0.1 for the whole session."""
-    with KafkaCluster(tmp_path_factory.mktemp("kafka"), nodes=1) as cluster:
-        yield cluster
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One KRaft broker on 127.0.0.1 for the whole session, from ``$BRIDGE_TEST_KAFKA``'s source
+    (:mod:`devenv.kafka_source`: the Maven jars by default, or testcontainers where Docker runs)."""
+    try:
+        with kafka_broker(tmp_path_factory.mktemp("kafka")) as broker:
+            yield broker
+    except Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
