@@ -14,13 +14,14 @@ from bridge.core.ownership_rules import (
     ListedJob,
     Role,
     Verdict,
+    claim_contradicted,
     event_kind,
     listed_role,
     transition,
 )
 from bridge.records import DomainEvent
 
-__all__ = ["ListedJob", "Ownership", "Role", "Verdict"]
+__all__ = ["ListedJob", "Ownership", "Role", "Verdict", "claim_contradicted"]
 
 
 class Ownership:
@@ -72,6 +73,13 @@ class Ownership:
         if self._known is not None:
             self._known.add(uuid)
         return role is None or role is Role.POSTCOPY_IN
+
+    def revoke_claim(self, uuid: str) -> None:
+        """A claim whose snapshot, read after it, shows the domain not running here (and no stop among
+        the events explains it): the incoming migration failed between the claim and the read (a
+        post-copy destination whose QEMU died). The host yields, silent, as for a failed incoming
+        migration; the source takes the domain back. See :func:`claim_contradicted`."""
+        self._set(uuid, Role.INCOMING)
 
     def forget_absent(self, present: Collection[str], listed_at: int | None = None) -> None:
         """After a full listing (and its :meth:`on_listed` calls): ``present`` is every listed UUID.

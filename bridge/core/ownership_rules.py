@@ -103,6 +103,7 @@ since.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 from bridge.records import DomainEvent
 
@@ -250,3 +251,13 @@ def listed_role(role: Role | None, state: str, reason: str, active: bool, job: L
     if active:
         return None if role is Role.HANDED_OFF else role
     return None if role is None else Role.HANDED_OFF
+
+
+def claim_contradicted(events: Iterable[DomainEvent], active: bool) -> bool:
+    """True if a batch that claimed a domain (its first published event took it over) must not be
+    published after all: its snapshot, read after the events, shows the domain inactive, and no stop
+    among the events says why. The claim said "running here"; the read says it is not, so the migration
+    failed in between (seen on a post-copy destination whose QEMU was killed right after
+    ``RESUMED/POSTCOPY``: its record read ``SHUTOFF/CRASHED`` and outranked the source's take-back).
+    A claim followed by its own stop (started, then destroyed) is the host's word and is published."""
+    return not active and not any(e.id == "LIFECYCLE" and e.type == "STOPPED" for e in events)

@@ -839,3 +839,22 @@ def test_recorded_restore_paused_is_the_issue_8_case():
     assert dest["job_stats_error"]["code"] == 84  # VIR_ERR_OPERATION_UNSUPPORTED: "only on the source host"
     assert (source["state"], source["reason"], source["job"]) == ("PAUSED", "MIGRATION", "OUTGOING")
     assert source["job_stats"] == {"type": 2, "operation": 5}  # UNBOUNDED, MIGRATION_OUT
+
+
+def test_a_claim_the_snapshot_contradicts_is_revoked_and_the_source_keeps_the_take_back():
+    """Seen in the fleet tests: post-copy destination's QEMU killed right after RESUMED/POSTCOPY."""
+    from bridge.core.ownership import claim_contradicted  # noqa: PLC0415
+
+    claim = DomainEvent("LIFECYCLE", 1, "RESUMED", "POSTCOPY")
+    assert claim_contradicted([claim], active=False)
+    assert not claim_contradicted([claim], active=True)
+    # A start then its own stop, both here: the host's word, published.
+    assert not claim_contradicted([DomainEvent("LIFECYCLE", 1, "STARTED", "BOOTED"),
+                                   DomainEvent("LIFECYCLE", 2, "STOPPED", "DESTROYED")], active=False)
+    dest = Ownership()
+    dest.on_event("d", DomainEvent("LIFECYCLE", 1, "STARTED", "MIGRATED"))
+    assert dest.on_event("d", claim) is Verdict.PUBLISH
+    dest.revoke_claim("d")
+    assert not dest.owns("d")
+    # The failure notice that follows keeps it silent.
+    assert dest.on_event("d", DomainEvent("LIFECYCLE", 3, "STOPPED", "FAILED")) is not Verdict.PUBLISH
