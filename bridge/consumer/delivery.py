@@ -3,7 +3,8 @@
 Delivery follows client-go: once the view is synced, every reader first gets the whole view as
 ``ADDED`` changes (cause ``INITIAL``), then every later change. A reader that falls behind gets
 changes to the same domain merged (level-triggered, like DeltaFIFO,
-:class:`~bridge.consumer.changes.ChangeQueue`); one that keeps up sees each change. Each handler
+:class:`~bridge.consumer.changes.ChangeQueue`): a change still waiting when the next of its domain
+arrives, even in the same fetch, is merged with it. Each handler
 registration has a thread of its own, so a slow handler delays only itself.
 
 ``_lock`` guards ``_live``, ``_awaiting_sync``, ``_registrations``, ``_closed`` and ``handler_errors``.
