@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bridge.agent.publisher import Message
 from bridge.records import DomainRecord
 
 
@@ -48,6 +50,13 @@ class PipelineStats:
     """Domains in the latest inventory."""
     handed_off_domains: int = 0
     incoming_domains: int = 0
+
+
+class RecordSink(Protocol):
+    """Where the pipeline's parts send their messages (:class:`bridge.agent.publisher.Publisher`)."""
+
+    def publish(self, messages: Sequence[Message], on_done: Callable[[], None]) -> None:
+        """Produce ``messages`` in order; ``on_done`` runs once, after every one is acknowledged."""
 
 
 class PipelineObserver(Protocol):

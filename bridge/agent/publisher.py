@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -39,6 +39,22 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 
 # Settings the bridge's guarantees depend on; a pass-through that changes them is refused.
 _LOCKED = {"enable.idempotence": "true", "acks": {"all", "-1"}, "partitioner": "murmur2_random"}
+
+
+class KafkaProducer(Protocol):
+    """What the publisher uses of ``confluent_kafka.Producer`` (tests pass a fake)."""
+
+    def produce(self, topic: str, *, key: bytes, value: bytes | None, headers: list[tuple[str, str | bytes | None]],
+                on_delivery: Callable[[KafkaError | None, object], None]) -> None: ...
+
+    def poll(self, timeout: float) -> int: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
+ProducerFactory = Callable[[dict[str, Any]], KafkaProducer]
 
 
 @dataclass(frozen=True)
@@ -86,11 +102,13 @@ def producer_config(client_config: dict[str, str]) -> dict[str, Any]:
 class Publisher:
     """Owns the producer and the ``kafka-delivery`` thread."""
 
-    def __init__(self, client_config: dict[str, str], max_retry_backoff: float = 10.0) -> None:
+    def __init__(self, client_config: dict[str, str], max_retry_backoff: float = 10.0,
+                 producer_factory: ProducerFactory = Producer) -> None:
         self._config = producer_config(client_config)
         self._config["error_cb"] = self._on_error
         self._config["logger"] = librdkafka_logger("producer")
-        self._producer: Producer | None = None
+        self._producer_factory = producer_factory
+        self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
         self._in_flight: dict[int, _Sequence] = {}
         self._retries: list[_Retry] = []
@@ -111,7 +129,7 @@ class Publisher:
 
     def start(self) -> None:
         try:
-            self._producer = Producer(self._config)
+            self._producer = self._producer_factory(self._config)
         except (KafkaException, ValueError, TypeError) as exc:
             raise UserError(f"bad Kafka producer setting in {KAFKA_CONFIG_PLACES}: "
                             f"{error_text(exc, self._config)}") from None

@@ -22,11 +22,12 @@ import time
 import uuid as uuid_mod
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any, Protocol
 
 from bridge.agent.libvirt_names import reason_name, state_name
-from bridge.agent.libvirt_session import ConnectionLost, LibvirtSession, one_line
-from bridge.agent.pipeline_config import PipelineConfig, PipelineStats
-from bridge.agent.publisher import Message, Publisher
+from bridge.agent.libvirt_session import ConnectionLost, one_line
+from bridge.agent.pipeline_config import PipelineConfig, PipelineStats, RecordSink
+from bridge.agent.publisher import Message
 from bridge.agent.snapshot import listed_state
 from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
@@ -40,16 +41,34 @@ from bridge.serde import RecordCodec, cloud_events
 log = logging.getLogger(__name__)
 
 
+class Lister(Protocol):
+    """What a listing uses of a libvirt connection (``libvirt.virConnect``)."""
+
+    def listAllDomains(self, flags: int = 0) -> list[Any]:
+        """Every domain: ``UUIDString()``, ``ID()``, ``state()`` and, for ``PAUSED/MIGRATION``,
+        ``jobStats()`` (see :func:`bridge.agent.snapshot.listed_state`)."""
+
+
+class Session(Protocol):
+    """What the resync uses of the libvirt edge (:class:`bridge.agent.libvirt_session.LibvirtSession`)."""
+
+    def connection(self) -> Lister:
+        """The live connection; raises ConnectionLost while there is none."""
+
+    def mark_lost(self) -> None:
+        """Report a connection found dead by a failing call."""
+
+
 class Resync:
     """Lists, tracks the inventory, publishes the HostRecord. Owned by the pipeline."""
 
     def __init__(
         self,
         config: PipelineConfig,
-        session: LibvirtSession,
+        session: Session,
         queue: WorkQueue,
         store: StateStore,
-        publisher: Publisher,
+        publisher: RecordSink,
         codec: RecordCodec,
         clock: VersionClock,
         ownership: Ownership,

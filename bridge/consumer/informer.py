@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from confluent_kafka import Consumer
+
 from bridge.consumer.delivery import Fanout, HandlerRegistration, OnAdd, OnDelete, OnUpdate, Watch
 from bridge.consumer.position import Position
-from bridge.consumer.reflector import ConsumerError, Reflector
+from bridge.consumer.reflector import ConsumerError, ConsumerFactory, Reflector
 from bridge.consumer.snapshot import Snapshot
 from bridge.consumer.store import DEFAULT_STALE_AFTER_INTERVALS, Store
 from bridge.consumer.view import Clock, View
@@ -78,7 +80,8 @@ class Informer:
     instead of the beginning of the topics: its view is restored and reading goes on at its position.
     ``stale_after_intervals``: a host is stale when its heartbeat is older than this many of its
     heartbeat intervals. ``history``: how many recent changes :meth:`watch_from` can replay.
-    ``client_config``: extra librdkafka settings for the consumer.
+    ``client_config``: extra librdkafka settings for the consumer. ``consumer_factory``: makes the
+    Kafka consumer from its settings (``confluent_kafka.Consumer``; tests pass a fake).
     """
 
     def __init__(
@@ -91,8 +94,10 @@ class Informer:
         history: int = DEFAULT_HISTORY,
         clock: Clock = wall_clock_micros,
         client_config: Mapping[str, Any] | None = None,
+        consumer_factory: ConsumerFactory = Consumer,
     ) -> None:
         self._settings = settings
+        self._consumer_factory = consumer_factory
         self._codec = codec
         self._client_config = {**settings.client_config(), **(client_config or {})}
         if resume is None:
@@ -132,6 +137,7 @@ class Informer:
             self._client_config, codec, domain_topic=self._settings.topic,
             hosts_topic=self._settings.hosts_topic,
             sink=lambda batch: self._view.apply(batch, self._fanout.publish), start=self._start_position,
+            consumer_factory=self._consumer_factory,
         )
         self._transition(Lifecycle.RUNNING)
         with self._lock:

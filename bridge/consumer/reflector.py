@@ -20,7 +20,7 @@ import logging
 import threading
 import uuid as uuid_mod
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -39,14 +39,31 @@ from bridge.kafka_problems import KAFKA_CONFIG_PLACES, KafkaProblem, diagnose, e
 from bridge.logging_setup import librdkafka_logger
 from bridge.serde import MessageDecoder, Payload, ReadAs, RecordCodec
 
-__all__ = ["Batch", "ConsumerError", "ConsumerFactory", "KafkaAccessError", "Message", "Reflector",
+__all__ = ["Batch", "ConsumerError", "ConsumerFactory", "KafkaAccessError", "KafkaConsumer", "Message", "Reflector",
            "ReflectorCounters", "Sink"]
 from bridge.serde.message_decoder import Headers
 
 log = logging.getLogger(__name__)
 
 
-ConsumerFactory = Callable[[dict[str, Any]], Any]
+class KafkaConsumer(Protocol):
+    """What the reflector uses of ``confluent_kafka.Consumer`` (tests pass a fake)."""
+
+    def list_topics(self, topic: str, *, timeout: float) -> Any: ...
+
+    def get_watermark_offsets(self, partition: TopicPartition, *, timeout: float,
+                              cached: bool) -> tuple[int, int] | None: ...
+
+    def assign(self, partitions: list[TopicPartition]) -> None: ...
+
+    def poll(self, timeout: float) -> Any: ...
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+ConsumerFactory = Callable[[dict[str, Any]], KafkaConsumer]
 
 
 class Reflector:
