@@ -15,6 +15,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from bridge.cli.run import TEST_CLOCK_OFFSET
 from bridge.kafka_settings import KafkaSettings
 from devenv import KafkaCluster
 from devenv.fleet import Fleet
@@ -31,6 +32,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield f
 
 
+CLOCK_OFFSETS_MS = {"hv1": 0.0, "hv2": -30.0, "hv3": 15.0}
+"""Each agent's clock offset: within the default --max-clock-skew (50 ms) of each other."""
+
+
 @pytest.fixture(scope="module")
 def fleet_env(fleet: Fleet, kafka3: KafkaCluster, libvirt_event_loop: None,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetEnv]:
@@ -42,8 +47,11 @@ def fleet_env(fleet: Fleet, kafka3: KafkaCluster, libvirt_event_loop: None,
     with contextlib.ExitStack() as stack:
         agents = []
         for i, host_id in enumerate(host_ids):
+            # Clock skew within the bound the README names (--max-clock-skew, 50 ms): every fleet test
+            # runs with one host's clock behind and one ahead, so versions must still rise per UUID.
             agent = AgentProcess(work, fleet.hosts[i].qemu_uri, kafka3.bootstrap_servers, *topics, host_id=host_id,
-                                 extra=["--status-interval", "100ms"])
+                                 extra=["--status-interval", "100ms"],
+                                 env={TEST_CLOCK_OFFSET: str(CLOCK_OFFSETS_MS[host_id])})
             stack.callback(agent.kill)
             agents.append(agent)
         for agent in agents:
