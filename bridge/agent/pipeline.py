@@ -24,14 +24,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from bridge.agent.libvirt_session import LibvirtSession
-from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats
-from bridge.agent.publisher import Publisher
-from bridge.agent.resync import Resync
-from bridge.agent.snapshot import SnapshotReader
-from bridge.agent.state_store import StateStore
-from bridge.agent.streaming import Streamer
+from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink
+from bridge.agent.resync import Resync, Session
+from bridge.agent.state_store import StateStore, wait_out_lease
+from bridge.agent.streaming import SnapshotSource, Streamer
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.ownership import Ownership, Role
 from bridge.core.version_clock import Clock, VersionClock
@@ -43,6 +41,14 @@ __all__ = ["Pipeline", "PipelineConfig", "PipelineObserver", "PipelineStats"]
 log = logging.getLogger(__name__)
 
 
+class PipelineSession(Session, Protocol):
+    """What the pipeline uses of the libvirt edge (:class:`bridge.agent.libvirt_session.LibvirtSession`)."""
+
+    @property
+    def connected(self) -> bool:
+        """False while libvirt is away (the resync waits, the HostRecord says LIBVIRT_UNREACHABLE)."""
+
+
 class Pipeline:
     """Owns the ``pipeline`` thread, the version clock, the ownership state and the state store's use."""
 
@@ -50,10 +56,10 @@ class Pipeline:
         self,
         config: PipelineConfig,
         queue: WorkQueue,
-        session: LibvirtSession,
-        reader: SnapshotReader,
+        session: PipelineSession,
+        reader: SnapshotSource,
         store: StateStore,
-        publisher: Publisher,
+        publisher: RecordSink,
         codec: RecordCodec,
         agent_info: Callable[[], AgentInfo],
         now: Clock,
@@ -63,7 +69,9 @@ class Pipeline:
         self._queue = queue
         self._session = session
         self._store = store
-        self.clock = VersionClock(now, floor=store.max_version())
+        floor = store.max_version()
+        wait_out_lease(floor, now)  # after a crash, the bound may be up to a lease ahead of the clock
+        self.clock = VersionClock(now, floor=floor)
         self.ownership = Ownership(store.ownership_roles())
         self.stats = PipelineStats()
         self._roles_generation = self.ownership.generation
@@ -157,14 +165,19 @@ class Pipeline:
             self._next_resync = now + self._cfg.resync_interval
             with self._signal_lock:
                 signal_id, self._signal_id = self._signal_id, None
+            self._streamer.drain()  # reads taken before the listing finish before it, as the rule wants
             if not self._resync.start(signal_id):
                 self.request_resync(signal_id)  # libvirt went away: again after the reconnect
         if not draining:
             self._resync.heartbeat(HostStatus.UP)
         wait = max(0.0, min(self._next_resync, self._resync.next_heartbeat) - time.monotonic())
-        batches = self._queue.take(self._cfg.batch_size, timeout=min(wait, 0.5))
-        if batches:
-            self._streamer.process(batches)
+        due = self._streamer.next_due()
+        if due is not None:
+            wait = min(wait, max(0.0, due - time.monotonic()))
+        # Wakes for a ready domain (while a reader is free), a finished read, an ack or a timer.
+        batches = self._queue.take(min(self._cfg.batch_size, self._streamer.capacity()), timeout=min(wait, 0.5))
+        self._streamer.process(batches)  # their reads start at once ...
+        self._streamer.advance()  # ... while the reads finished by now are versioned, persisted, produced
 
     # -- ownership state ------------------------------------------------------------------------------
 

@@ -3,16 +3,27 @@
 The read happens after the events it reports were received (the seed's point 3). The XML is read
 with flags 0, never ``VIR_DOMAIN_XML_SECURE``, so graphics passwords are left out; on the default
 read-only connection libvirt would refuse the secure flag anyway.
+
+Round-trips are the cost of a snapshot (each one is a request to libvirtd and its reply), so the
+reader keeps them few: the ``active`` flag and the name come from the XML read itself (the live XML's
+root carries ``id='N'`` exactly when the domain is active, which is what ``virDomainIsActive``
+tests), and a domain handle looked up once is kept for the next reads of the same UUID on the same
+connection (a handle names the domain by UUID; every call on it is answered from the domain as it
+is then). A snapshot is three round-trips (XML, state, persistent flag), four the first time.
 """
 
 from __future__ import annotations
 
+import html
+import re
+import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 import libvirt
 
 from bridge.agent.libvirt_names import reason_name, state_name
-from bridge.agent.libvirt_session import ConnectionLost, LibvirtSession
+from bridge.agent.libvirt_session import ConnectionLost
 from bridge.core.ownership import ListedJob
 from bridge.core.version_clock import Clock
 
@@ -41,12 +52,60 @@ class DomainSnapshot:
     observed_at: int
 
 
-class SnapshotReader:
-    """Reads snapshots through the session's current connection."""
+# The root element's attributes and the first <name> (the domain's: it comes before any device's).
+_ROOT = re.compile(r"<domain\b([^>]*)>")
+_ID_ATTR = re.compile(r"""\sid=['"](-?\d+)['"]""")
+_NAME = re.compile(r"<name>([^<]*)</name>")
 
-    def __init__(self, session: LibvirtSession, now: Clock) -> None:
+
+def xml_active_and_name(xml: str) -> tuple[bool, str | None]:
+    """(active, name) as the domain XML says: active when the root has an ``id`` other than -1."""
+    root = _ROOT.search(xml)
+    ident = _ID_ATTR.search(root.group(1)) if root else None
+    name = _NAME.search(xml)
+    return (ident is not None and int(ident.group(1)) != -1), (html.unescape(name.group(1)) if name else None)
+
+
+class Session(Protocol):
+    """What the reader uses of the libvirt edge (:class:`bridge.agent.libvirt_session.LibvirtSession`)."""
+
+    def connection(self) -> libvirt.virConnect:
+        """The live connection; raises ConnectionLost while there is none."""
+
+    def mark_lost(self) -> None:
+        """Report a connection found dead by a failing call."""
+
+
+class SnapshotReader:
+    """Reads snapshots through the session's current connection; safe from several threads.
+
+    Keeps one domain handle per UUID (bounded by the domains on the host: a handle is forgotten when
+    its domain is gone, and all of them when the connection changes).
+    """
+
+    def __init__(self, session: Session, now: Clock) -> None:
         self._session = session
         self._now = now
+        self._lock = threading.Lock()
+        self._handles_conn: libvirt.virConnect | None = None
+        self._handles: dict[str, libvirt.virDomain] = {}
+
+    def forget(self, uuid: str) -> None:
+        """Drop the handle of a domain that is gone."""
+        with self._lock:
+            self._handles.pop(uuid, None)
+
+    def _handle(self, conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
+        with self._lock:
+            if self._handles_conn is not conn:
+                self._handles_conn, self._handles = conn, {}
+            dom = self._handles.get(uuid)
+        if dom is None:
+            dom = conn.lookupByUUIDString(uuid)
+            with self._lock:
+                if self._handles_conn is conn:
+                    self._handles[uuid] = dom
+        return dom
 
     def read(self, uuid: str) -> DomainSnapshot | None:
         """The domain's snapshot, or None when libvirt says it does not exist.
@@ -55,25 +114,23 @@ class SnapshotReader:
         """
         conn = self._session.connection()
         try:
-            dom = conn.lookupByUUIDString(uuid)
-            # The lookup reply carries the domain's id and name: id != -1 is what virDomainIsActive
-            # tests, so reading them locally saves a round-trip (they are as fresh as the lookup).
-            active = dom.ID() != -1
-            name = dom.name()
+            dom = self._handle(conn, uuid)
             xml = dom.XMLDesc(0)
             state, reason = dom.state()
             persistent = bool(dom.isPersistent())
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
             if code in _GONE:
+                self.forget(uuid)
                 return None
             if code in _CONN_ERRORS or not _alive(conn):
                 self._session.mark_lost()
                 raise ConnectionLost(str(exc)) from exc
             raise
+        active, name = xml_active_and_name(xml)
         return DomainSnapshot(
             uuid=uuid,
-            name=name,
+            name=name if name is not None else dom.name(),
             state=state_name(state),
             reason=reason_name(state, reason),
             active=active,

@@ -1,22 +1,47 @@
-"""The agent's state directory: last versions and ownership roles (handed-off UUIDs), durable before publishing.
+"""The agent's state directory: the version floor and ownership roles (handed-off UUIDs), durable before publishing.
 
-A SQLite database (``state.db``) in WAL mode with ``synchronous=FULL``: each batch of versions is one
-fsynced transaction written *before* its records are produced, so neither a restart nor SIGKILL
-mid-batch can make a version repeat or go down. Rows of deleted domains are dropped (the host-wide
-maximum stays in ``meta``), so the file is bounded by the number of live domains.
+A SQLite database (``state.db``) in WAL mode with ``synchronous=FULL``. The version clock is host-wide
+(:mod:`bridge.core.version_clock`: every version is above the last one this agent issued), so the only
+version state a restart needs is a bound above every version ever issued: ``meta.max_version``.
+
+The streamer keeps that bound a short *lease* ahead (:data:`VERSION_LEASE_US`): before it produces a
+record whose version is not below the persisted bound, it raises the bound to ``max(version, now) +
+lease`` in one fsynced transaction (one row, one WAL frame), and it renews the lease early, so a
+record rarely waits for an fsync: about one per half lease while records flow, instead of one per
+group of records. After a restart or SIGKILL the clock starts at the bound, above every version that
+could have been published, so none can repeat or go down; and the pipeline first lets the wall clock
+pass a bound at most a lease ahead (:func:`wait_out_lease`), so versions after a crash are not ahead
+of the clock (the cross-host rule's ``--max-clock-skew`` margin stays whole). Earlier releases kept a
+per-domain ``versions`` table, written in every transaction and never read; it is dropped on open.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from bridge.core.version_clock import Clock
 from bridge.errors import UserError
+
+VERSION_LEASE_US = 250_000
+"""How far ahead of the versions issued the persisted bound is kept (µs)."""
+
+
+def wait_out_lease(floor: int, now: Clock, sleep: Callable[[float], object] = time.sleep) -> float:
+    """Sleep until the wall clock passes ``floor`` when it is at most two leases ahead (the previous
+    run's lease); a bound further ahead means the clock stepped back, and the clock's ``last + 1``
+    rule handles it as before. Returns the seconds slept."""
+    ahead = (floor - now()) / 1e6
+    if 0 < ahead <= 2 * VERSION_LEASE_US / 1e6:
+        sleep(ahead)  # a bounded wait for the clock itself, not for a condition
+        return ahead
+    return 0.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS versions (uuid TEXT PRIMARY KEY, version INTEGER NOT NULL);
+DROP TABLE IF EXISTS versions;
 CREATE TABLE IF NOT EXISTS ownership_roles (uuid TEXT PRIMARY KEY, role TEXT NOT NULL);
 """
 
@@ -39,35 +64,13 @@ class StateStore:
         self._db.close()
 
     def max_version(self) -> int:
-        """The highest version ever issued by an agent using this directory (0 when new)."""
+        """A bound at or above every version ever issued by an agent using this directory (0 when new)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'max_version'").fetchone()
         return int(row[0]) if row else 0
 
-    def versions(self) -> dict[str, int]:
-        """Last version per live domain UUID."""
-        return {str(u): int(v) for u, v in self._db.execute("SELECT uuid, version FROM versions")}
-
-    def save(self, versions: Mapping[str, int], deleted: Iterable[str] = ()) -> None:
-        """Durably record issued ``versions`` (and forget ``deleted`` UUIDs) in one transaction."""
-        gone = list(deleted)
-        if not versions and not gone:
-            return
-        with self._transaction():
-            self._db.executemany(
-                "INSERT INTO versions (uuid, version) VALUES (?, ?) "
-                "ON CONFLICT(uuid) DO UPDATE SET version = max(version, excluded.version)",
-                versions.items(),
-            )
-            self._db.executemany("DELETE FROM versions WHERE uuid = ?", ((u,) for u in gone))
-            if versions:
-                self._db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('max_version', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
-                    (max(versions.values()),),
-                )
-
     def raise_floor(self, version: int) -> None:
-        """Durably record that ``version`` was issued without a domain row (a resync's listed_at)."""
+        """Durably record that versions up to ``version`` were issued (records about to be produced, or a
+        resync's ``listed_at``): one fsynced transaction, before anything carrying them is published."""
         with self._transaction():
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('max_version', ?) "

@@ -4,35 +4,44 @@ For each batch (at most one record in flight per domain, see :mod:`bridge.core.c
 
 1. the ownership rules see every event in arrival order; events for a domain this host does not own
    are counted and logged, never published;
-2. the domain's snapshot is read *after* those events, several domains side by side on the
-   ``snapshot-reader`` threads; ``Domain not found`` is retried briefly unless the events say the
-   domain is gone, and the retry stops early when newer events arrive (they join the batch);
-3. a version comes from the clock and is persisted (one fsynced transaction per round of batches)
-   *before* producing, so a crash can never make a version repeat; a record that takes the domain
-   over from another host is versioned ``--max-clock-skew`` ahead;
+2. the domain's snapshot is read *after* those events, on the ``snapshot-reader`` threads;
+   ``Domain not found`` is retried briefly unless the events say the domain is gone, and the retry
+   stops early when newer events arrive (they join the batch);
+3. a version comes from the clock and is covered by the persisted bound *before* producing (see
+   :mod:`bridge.agent.state_store`: a lease kept ahead), so a crash can never make a version repeat;
+   a record that takes the domain over from another host is versioned ``--max-clock-skew`` ahead;
 4. the record is produced (plus a tombstone after ``DELETED``); the domain's next batch waits for the
    ack, which the work queue hands back to the pipeline thread.
+
+It is a pipeline, not a sequence of rounds: a batch's read is handed to a reader the moment the batch
+is taken, every finished read wakes the pipeline thread (:meth:`WorkQueue.post_result`), and all the
+reads finished by then are versioned together, covered by the persisted version bound (an fsync
+only when the lease needs renewing; while it syncs, the readers go on) and produced. No read waits for a slower
+one, and a ``Domain not found`` retry waits parked, off every thread, until its backoff is due.
 
 Owned by the pipeline; runs on its thread, but for the snapshot reads.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import libvirt
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from bridge.agent.libvirt_session import ConnectionLost, one_line
-from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats
-from bridge.agent.publisher import Message, Publisher
+from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink
+from bridge.agent.publisher import Message
 from bridge.agent.resync import Resync
-from bridge.agent.snapshot import DomainSnapshot, SnapshotReader
-from bridge.agent.state_store import StateStore
+from bridge.agent.snapshot import DomainSnapshot
+from bridge.agent.state_store import VERSION_LEASE_US, StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.coalescer import Batch
 from bridge.core.ownership import Ownership, Verdict
@@ -44,6 +53,33 @@ log = logging.getLogger(__name__)
 
 # Lifecycle events after which "Domain not found" means the domain is really gone.
 _GONE_AFTER = {"UNDEFINED", "STOPPED"}
+# Backoff of the "Domain not found" retry: 5 ms, doubling, at most 100 ms between reads.
+_RETRY_FIRST = 0.005
+_RETRY_MAX = 0.1
+_SWITCH_INTERVAL = 0.0005
+
+
+class SnapshotSource(Protocol):
+    """Where snapshots come from (:class:`bridge.agent.snapshot.SnapshotReader`); called from the
+    ``snapshot-reader`` threads, but :meth:`forget`."""
+
+    def read(self, uuid: str) -> DomainSnapshot | None:
+        """The domain now, or None if libvirt says it does not exist; raises ConnectionLost or
+        ``libvirt.libvirtError`` (both retried)."""
+
+    def forget(self, uuid: str) -> None:
+        """The domain is gone (a DELETED record is being published)."""
+
+
+@dataclass
+class _Read:
+    """A batch in the read stage: being read, or parked until its ``Domain not found`` retry is due."""
+
+    batch: Batch
+    retry_until: float | None = None
+    """Monotonic deadline of the not-found retry (set at the first ``Domain not found``)."""
+    attempts: int = 0
+    result: DomainSnapshot | Exception | None = field(default=None, repr=False)
 
 
 class Streamer:
@@ -53,9 +89,9 @@ class Streamer:
         self,
         config: PipelineConfig,
         queue: WorkQueue,
-        reader: SnapshotReader,
+        reader: SnapshotSource,
         store: StateStore,
-        publisher: Publisher,
+        publisher: RecordSink,
         codec: RecordCodec,
         clock: VersionClock,
         ownership: Ownership,
@@ -84,44 +120,142 @@ class Streamer:
         self._observer = observer
         self._claims: set[str] = set()  # UUIDs whose next record takes them over from another host
         self._read_pool = ThreadPoolExecutor(config.snapshot_readers, thread_name_prefix="snapshot-reader")
+        # Each libvirt call releases the GIL and must take it back when its reply is in; behind a thread
+        # running Python that waits up to the switch interval (5 ms by default), per round-trip. The
+        # profiles showed the readers' calls several times slower in the agent than alone, so hand the
+        # GIL over sooner: a snapshot is three such waits.
+        if sys.getswitchinterval() > _SWITCH_INTERVAL:
+            sys.setswitchinterval(_SWITCH_INTERVAL)
+        self._reading = 0  # reads handed to the pool and not yet taken back
+        self._max_reading = 2 * config.snapshot_readers  # enough queued that no reader waits for work
+        self._parked: list[tuple[float, int, _Read]] = []  # (due, tie-break, read): not-found retries
+        self._seq = itertools.count()
+        self._lease = 0  # the persisted bound above every version issued (see bridge.agent.state_store)
 
     def close(self) -> None:
         """Stop the snapshot readers (after the pipeline thread has stopped)."""
         self._read_pool.shutdown(wait=True)
 
+    # -- the stages ----------------------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """How many more batches to take now: reads beyond this would only wait in the pool's queue,
+        while the work queue can still merge their domains' new events."""
+        return max(0, self._max_reading - self._reading)
+
+    def busy(self) -> bool:
+        """Some batch is being read or waits for its not-found retry."""
+        return bool(self._reading or self._parked)
+
+    def next_due(self) -> float | None:
+        """Monotonic time of the earliest parked retry, or None."""
+        return self._parked[0][0] if self._parked else None
+
     def process(self, batches: list[Batch]) -> None:
-        """One round: filter, read the snapshots, version and persist, produce."""
-        # Ownership sees every event in arrival order, so filtering stays on this thread; only the
-        # libvirt reads, the slow part (several round-trips each), run side by side.
-        owned = [b for b in (self._owned_events(batch) for batch in batches) if b is not None]
-        reads = list(self._read_pool.map(self._read, [b.uuid for b in owned]))
+        """Hand newly taken batches to the readers (after the ownership rules saw their events, in order)."""
+        for batch in batches:
+            owned = self._owned_events(batch)
+            if owned is not None:
+                self._start(_Read(owned))
+
+    def advance(self, results: list[_Read] | None = None) -> None:
+        """Take finished reads (and due retries) through version, persistence and produce."""
         ready: list[tuple[Batch, DomainSnapshot | None]] = []
-        for i, (batch, read) in enumerate(zip(owned, reads, strict=True)):
-            try:
-                if isinstance(read, Exception):
-                    raise read
-                outcome = self._prepare(batch, read)
-            except ConnectionLost:
-                # Give the work back (ownership already applied to it) and wait for the reconnect.
-                for rest in owned[i:]:
-                    self._queue.requeue(rest)
-                log.warning("libvirt connection lost; %d domain(s) wait for the reconnect", len(owned) - i)
-                break
-            except libvirt.libvirtError as exc:
-                log.warning("reading %s failed: %s; will retry", batch.uuid, one_line(exc))
-                self._queue.requeue(batch)
-                continue
+        for read in self._queue.results() if results is None else results:
+            self._reading -= 1
+            outcome = self._finish(read)
             if outcome is not None:
                 ready.append(outcome)
+        now = time.monotonic()
+        while self._parked and self._parked[0][0] <= now:
+            _due, _n, read = heapq.heappop(self._parked)
+            outcome = self._retry(read, now)
+            if outcome is not None:
+                ready.append(outcome)
+        self._commit(ready)
+
+    def drain(self) -> None:
+        """Finish every read and parked retry: before a resync's listing, so the ownership timing rule
+        (see :mod:`bridge.agent.pipeline`) holds as it did when a round ran to its end. Cut short when
+        the pipeline stops."""
+        while self.busy():
+            if self._reading:
+                due = self.next_due()
+                self.advance(self._queue.wait_results(0.1 if due is None else max(0.0, due - time.monotonic())))
+            elif self._sleep(max(0.0, (self.next_due() or 0.0) - time.monotonic())):
+                return
+            else:
+                self.advance([])
+
+    def _start(self, read: _Read) -> None:
+        self._reading += 1
+        self._read_pool.submit(self._read_task, read)
+
+    def _read_task(self, read: _Read) -> None:
+        try:
+            read.result = self._read(read.batch.uuid)
+        except Exception as exc:  # a bug: handed back, so the batch is not stuck in flight
+            read.result = exc
+        self._queue.post_result(read)
+
+    def _finish(self, read: _Read) -> tuple[Batch, DomainSnapshot | None] | None:
+        """A read came back: the batch is ready, requeued, parked for a retry, or done."""
+        batch, result = read.batch, read.result
+        if isinstance(result, ConnectionLost):
+            # Give the work back (ownership already applied to it) and wait for the reconnect.
+            log.warning("libvirt connection lost; %s waits for the reconnect", batch.uuid)
+            self._queue.requeue(batch)
+            return None
+        if isinstance(result, libvirt.libvirtError):
+            log.warning("reading %s failed: %s; will retry", batch.uuid, one_line(result))
+            self._queue.requeue(batch)
+            return None
+        if isinstance(result, Exception):
+            log.error("reading %s failed unexpectedly; will retry", batch.uuid, exc_info=result)
+            self._queue.requeue(batch)
+            return None
+        if result is None and not implies_gone(batch.events):
+            # The seed's point 2: a fresh domain may not be readable yet. Retry briefly, parked.
+            now = time.monotonic()
+            if read.retry_until is None:
+                read.retry_until = now + self._cfg.not_found_retry
+            return self._retry(read, now, reread=False)
+        return self._prepare(batch, result)
+
+    def _retry(self, read: _Read, now: float, *, reread: bool = True) -> tuple[Batch, DomainSnapshot | None] | None:
+        """One step of the not-found retry: newer events join the batch (and may say it is gone), else
+        read again when due, or give up at the deadline (the domain is reported DELETED)."""
+        more = self._queue.take_more(read.batch.uuid)
+        if more is not None:
+            extra = self._filter_events(more).events
+            current = read.batch
+            read.batch = replace(current, events=current.events + extra, elided=current.elided + more.elided,
+                                 name=more.name or current.name, resync_id=more.resync_id or current.resync_id)
+        if implies_gone(read.batch.events) or (read.retry_until is not None and now >= read.retry_until):
+            return self._prepare(read.batch, None)
+        if reread:
+            self._start(read)
+        else:
+            delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** read.attempts)
+            read.attempts += 1
+            heapq.heappush(self._parked, (now + delay, next(self._seq), read))
+        return None
+
+    def _commit(self, ready: list[tuple[Batch, DomainSnapshot | None]]) -> None:
+        """Version every ready batch, persist the highest version (one fsync for all), produce."""
         if not ready:
             return
         records = [self._record(batch, snap) for batch, snap in ready]
-        self._store.save(
-            {r.uuid: r.version for r in records},
-            deleted=[r.uuid for r in records if r.kind is RecordKind.DELETED],
-        )
+        top = max(r.version for r in records)
+        if top + VERSION_LEASE_US // 2 >= self._lease:
+            # Durable before producing: the persisted bound covers every version of this group and a
+            # lease beyond (renewed half way, so most groups need no fsync at all).
+            self._lease = max(top, self._now()) + VERSION_LEASE_US
+            self._store.raise_floor(self._lease)
         self._save_roles()
         for record, (batch, _snap) in zip(records, ready, strict=True):
+            if record.kind is RecordKind.DELETED:
+                self._reader.forget(record.uuid)
             self._publish(record, batch.resync_id)
 
     # -- ownership ----------------------------------------------------------------------------------
@@ -175,9 +309,7 @@ class Streamer:
                 self._observer.snapshot_read(time.monotonic() - started)
 
     def _prepare(self, batch: Batch, snap: DomainSnapshot | None) -> tuple[Batch, DomainSnapshot | None] | None:
-        """Complete the snapshot read of an owned batch; None when nothing is to be published."""
-        if snap is None and not implies_gone(batch.events):
-            snap, batch = self._retry_not_found(batch)
+        """The read (and any retry) of an owned batch is complete; None when nothing is to be published."""
         if snap is None and not batch.events:
             # Listed by a resync, gone before its record: its own events will report the delete.
             self._resync.dropped(batch)
@@ -188,40 +320,6 @@ class Streamer:
             self._queue.done(batch.uuid)
             return None
         return batch, snap
-
-    def _retry_not_found(self, batch: Batch) -> tuple[DomainSnapshot | None, Batch]:
-        """The seed's point 2: a fresh domain may not be readable yet. Retry briefly."""
-        state = {"batch": batch}
-
-        def attempt() -> DomainSnapshot | None:
-            more = self._queue.take_more(batch.uuid)
-            if more is not None:
-                extra = self._filter_events(more).events
-                current = state["batch"]
-                state["batch"] = replace(current, events=current.events + extra,
-                                         elided=current.elided + more.elided, name=more.name or current.name,
-                                         resync_id=more.resync_id or current.resync_id)
-            if implies_gone(state["batch"].events):
-                return None  # newer events say it is gone: stop retrying
-            return self._reader.read(batch.uuid)
-
-        def keep_trying(snap: DomainSnapshot | None) -> bool:
-            return snap is None and not implies_gone(state["batch"].events)
-
-        retrying = Retrying(
-            stop=stop_after_delay(self._cfg.not_found_retry),
-            wait=wait_exponential(multiplier=0.005, max=0.1),
-            retry=retry_if_result(keep_trying),
-            sleep=self._wait,
-        )
-        try:
-            snap = retrying(attempt)
-        except RetryError:
-            snap = None
-        return snap, state["batch"]
-
-    def _wait(self, seconds: float) -> None:
-        self._sleep(seconds)  # the pipeline's stop event: a shutdown cuts the retry short
 
     # -- the record ---------------------------------------------------------------------------------
 

@@ -2,13 +2,19 @@
 
 Wraps the pure :class:`~bridge.core.coalescer.Coalescer` in one lock and a condition the pipeline
 waits on. Producers of work: the event callbacks (:meth:`WorkQueue.add_event`), resync requests, and
-delivery reports (:meth:`WorkQueue.done`), which also queue resync acknowledgements for the pipeline.
+delivery reports (:meth:`WorkQueue.done`), which also queue resync acknowledgements for the pipeline,
+and the snapshot readers (:meth:`WorkQueue.post_result`), whose finished reads wake the pipeline the
+same way.
+
+Only a change the pipeline can act on notifies the condition: a domain becoming ready, an ack it must
+hand to the resync, a finished read, a wake-up. One wake-up then takes everything that is ready.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Any
 
 from bridge.core.coalescer import Batch, Coalescer
 from bridge.core.version_clock import Clock
@@ -23,6 +29,7 @@ class WorkQueue:
         self._coalescer = Coalescer(max_events_per_domain)
         self._cond = threading.Condition()
         self._acks: deque[tuple[str, str]] = deque()
+        self._results: deque[Any] = deque()
         self._wakeups = 0
         self.events_received = 0
         self._received_by_id: dict[str, int] = {}
@@ -30,10 +37,12 @@ class WorkQueue:
     def add_event(self, uuid: str, name: str, event: DomainEvent) -> None:
         """The event sink for :class:`~bridge.agent.event_capture.EventCapture`."""
         with self._cond:
+            ready = self._coalescer.ready_count
             self._coalescer.add(uuid, event, name)
             self.events_received += 1
             self._received_by_id[event.id] = self._received_by_id.get(event.id, 0) + 1
-            self._cond.notify()
+            if self._coalescer.ready_count != ready:  # queued behind an in-flight record: nothing to do yet
+                self._cond.notify()
 
     def events_received_by_id(self) -> dict[str, int]:
         """Events received so far, by libvirt event id (``LIFECYCLE``, ``REBOOT``, ...)."""
@@ -48,12 +57,37 @@ class WorkQueue:
             self._cond.notify()
 
     def take(self, limit: int, timeout: float) -> list[Batch]:
-        """Up to ``limit`` ready batches, waiting up to ``timeout`` s for work or a :meth:`wake`."""
+        """Up to ``limit`` ready batches, waiting up to ``timeout`` s for work, a result or a :meth:`wake`.
+
+        With ``limit`` 0 (the readers are all busy) ready domains do not end the wait; results do.
+        """
         with self._cond:
-            if not self._coalescer.ready_count and not self._acks and not self._wakeups:
+            if not ((limit > 0 and self._coalescer.ready_count) or self._acks or self._wakeups or self._results):
                 self._cond.wait(timeout)
             self._wakeups = 0
-            return self._coalescer.take(limit)
+            return self._coalescer.take(limit) if limit > 0 else []
+
+    def post_result(self, result: Any) -> None:
+        """A snapshot reader finished (any thread); wakes the pipeline, which takes it with :meth:`results`."""
+        with self._cond:
+            self._results.append(result)
+            self._cond.notify()
+
+    def results(self) -> list[Any]:
+        """Results posted since the last call, in the order they were posted."""
+        with self._cond:
+            out = list(self._results)
+            self._results.clear()
+            return out
+
+    def wait_results(self, timeout: float) -> list[Any]:
+        """Like :meth:`results`, waiting up to ``timeout`` s for at least one (a drain's wait)."""
+        with self._cond:
+            if not self._results:
+                self._cond.wait(timeout)
+            out = list(self._results)
+            self._results.clear()
+            return out
 
     def take_more(self, uuid: str) -> Batch | None:
         with self._cond:
@@ -70,10 +104,13 @@ class WorkQueue:
     def done(self, uuid: str, resync_id: str | None = None) -> None:
         """The record for ``uuid`` is acknowledged (or was not needed); wakes the pipeline."""
         with self._cond:
+            ready = self._coalescer.ready_count
             self._coalescer.done(uuid)
             if resync_id is not None:
                 self._acks.append((uuid, resync_id))
-            self._cond.notify()
+            c = self._coalescer
+            if resync_id is not None or c.ready_count != ready or not (c.pending_count or c.in_flight_count):
+                self._cond.notify()  # something to take, an ack for the resync, or idle (a drain's end)
 
     def drain_acks(self) -> list[tuple[str, str]]:
         """Acknowledged ``(uuid, resync_id)`` pairs since the last call."""
