@@ -44,7 +44,7 @@ from bridge.agent.snapshot import DomainSnapshot
 from bridge.agent.state_store import VERSION_LEASE_US, StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.coalescer import Batch
-from bridge.core.ownership import Ownership, Verdict
+from bridge.core.ownership import Ownership, Verdict, claim_contradicted
 from bridge.core.version_clock import Clock, VersionClock
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
 from bridge.serde import RecordCodec, cloud_events
@@ -316,6 +316,18 @@ class Streamer:
             self._queue.done(batch.uuid)
             return None
         if not self._ownership.owns(batch.uuid):
+            self._resync.dropped(batch)
+            self._queue.done(batch.uuid)
+            return None
+        if batch.uuid in self._claims and snap is not None and claim_contradicted(batch.events, snap.active):
+            # The claim said "running here", the read after it says not: the migration failed in
+            # between, and the source takes the domain back. This host's word must not outrank it.
+            self._claims.discard(batch.uuid)
+            self._ownership.revoke_claim(batch.uuid)
+            self._save_roles()
+            self._stats.events_not_owned += len(batch.events)
+            log.warning("claim of %s revoked: read %s/%s after %s; %d event(s) not published", batch.uuid,
+                        snap.state, snap.reason, ", ".join(e.label() for e in batch.events), len(batch.events))
             self._resync.dropped(batch)
             self._queue.done(batch.uuid)
             return None

@@ -208,8 +208,9 @@ class FleetEnv:
         """``libvirt-kafka-bridge state --output json`` for the fleet's topics."""
         res = subprocess.run(
             [sys.executable, "-m", "bridge", "state", "--output", "json", "--bootstrap-servers",
-             self.kafka.bootstrap_servers, "--topic", self.topics[0], "--hosts-topic", self.topics[1]],
-            capture_output=True, text=True, timeout=120, check=False)
+             self.kafka.bootstrap_servers, "--topic", self.topics[0], "--hosts-topic", self.topics[1],
+             "--sync-timeout", "90s"],  # a 3-broker cluster on 2 loaded cores can take over 30 s
+            capture_output=True, text=True, timeout=150, check=False)
         assert res.returncode == 0, res.stderr
         return list(json.loads(res.stdout))
 
