@@ -13,6 +13,7 @@ Each fake serves what the product's Protocol at that edge names, and nothing els
 from tests.fakes.fake_consumer import FakeConsumer, FakeKafkaMessage
 from tests.fakes.fake_libvirt import FakeConnection, FakeDomain, FakeSession, libvirt_error
 from tests.fakes.fake_producer import FakeProducer, Produced
+from tests.fakes.fake_sink import RecordingSink, decode
 
 __all__ = ["FakeConnection", "FakeConsumer", "FakeDomain", "FakeKafkaMessage", "FakeProducer", "FakeSession",
-           "Produced", "libvirt_error"]
+           "Produced", "RecordingSink", "decode", "libvirt_error"]

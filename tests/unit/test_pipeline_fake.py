@@ -1,0 +1,237 @@
+"""The pipeline thread over a fake libvirt host and a fake producer behind the real publisher.
+
+Streaming (the ``Domain not found`` retry, gone domains, a hand-off that overtakes a snapshot), the
+resync's completion (the inventory only after every RESYNC record is acknowledged) and the drain's
+deadline, each seen from what reaches the producer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from bridge.agent.pipeline import Pipeline
+from bridge.agent.pipeline_config import PipelineConfig
+from bridge.agent.publisher import Message, Publisher
+from bridge.agent.snapshot import DomainSnapshot, SnapshotReader
+from bridge.agent.state_store import StateStore
+from bridge.agent.work_queue import WorkQueue
+from bridge.core.version_clock import wall_clock_micros
+from bridge.records import DomainEvent, DomainRecord, HostRecord, HostStatus, RecordKind
+from bridge.serde import DomainTombstone, Payload
+from tests.fakes import FakeConnection, FakeDomain, FakeProducer, FakeSession, Produced, decode
+from tests.fakes.records import AGENT, CODEC, DOMAINS, HOSTS, uuid_of
+
+CONFIG = PipelineConfig(host="hv1", domains_topic=DOMAINS, hosts_topic=HOSTS, resync_interval=3600,
+                        heartbeat_interval=3600, snapshot_readers=2, not_found_retry=2.0)
+
+
+class CountingReader:
+    """The real snapshot reader, counting the reads of each domain (a ``SnapshotSource``)."""
+
+    def __init__(self, reader: SnapshotReader) -> None:
+        self._reader = reader
+        self._lock = threading.Lock()
+        self.reads: dict[str, int] = {}
+
+    def read(self, uuid: str) -> DomainSnapshot | None:
+        with self._lock:
+            self.reads[uuid] = self.reads.get(uuid, 0) + 1
+        return self._reader.read(uuid)
+
+    def forget(self, uuid: str) -> None:
+        self._reader.forget(uuid)
+
+    def count(self, uuid: str) -> int:
+        with self._lock:
+            return self.reads.get(uuid, 0)
+
+
+@dataclass
+class Agent:
+    pipeline: Pipeline
+    queue: WorkQueue
+    producer: FakeProducer
+    conn: FakeConnection
+    reader: CountingReader
+    stopped: list[bool] = field(default_factory=list)
+
+    def payloads(self, start: int = 0) -> list[tuple[Produced, Payload]]:
+        return [(m, decode(Message(m.topic, m.key, m.value, tuple(m.headers))))  # type: ignore[arg-type]
+                for m in self.producer.produced[start:]]
+
+    def event(self, uuid: str, event_id: str = "LIFECYCLE", type_: str | None = None,
+              detail: str | None = None) -> None:
+        self.queue.add_event(uuid, f"vm-{uuid[-2:]}", DomainEvent(event_id, wall_clock_micros(), type_, detail))
+
+    def wait_for_inventory(self, timeout: float = 5.0) -> HostRecord:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _m, payload in self.payloads():
+                if isinstance(payload, HostRecord) and payload.resync_id is not None:
+                    return payload
+            time.sleep(0.01)
+        raise AssertionError(f"no inventory published: {self.payloads()}")
+
+
+def wait_until(test, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not test():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def conn(request) -> FakeConnection:
+    """The host, with ``param`` running domains (default 1) when the pipeline starts."""
+    return FakeConnection([FakeDomain(uuid_of(n), f"vm-0{n}") for n in range(1, getattr(request, "param", 1) + 1)])
+
+
+@pytest.fixture
+def agent(request, tmp_path, conn) -> Iterator[Agent]:
+    producer = FakeProducer(auto_ack=getattr(request, "param", True))
+    publisher = Publisher({}, max_retry_backoff=0.05, producer_factory=producer.factory)
+    publisher.start()
+    session = FakeSession(conn)
+    store = StateStore(tmp_path / "state")
+    queue = WorkQueue(wall_clock_micros)
+    reader = CountingReader(SnapshotReader(session, wall_clock_micros))
+    pipeline = Pipeline(CONFIG, queue, session, reader, store, publisher, CODEC, lambda: AGENT, wall_clock_micros)
+    pipeline.start()
+    try:
+        yield Agent(pipeline, queue, producer, conn, reader)
+    finally:
+        pipeline.stop()
+        publisher.stop()
+        store.close()
+
+
+manual_acks = pytest.mark.parametrize("agent", [False], indirect=True)
+
+
+# -- streaming -------------------------------------------------------------------------------------------
+
+
+def test_a_domain_not_found_at_first_is_read_again_and_published_as_an_event(agent, conn):
+    agent.wait_for_inventory()
+    start = len(agent.producer.produced)
+    fresh = conn.add(FakeDomain(uuid_of(2), "fresh"))
+    conn.hide(fresh.uuid, lookups=1)  # defined, but libvirt answers "Domain not found" once
+
+    agent.event(fresh.uuid, "LIFECYCLE", "DEFINED", "ADDED")
+    agent.producer.wait_produced(start + 1)
+
+    (_m, record), = agent.payloads(start)
+    assert isinstance(record, DomainRecord)
+    assert (record.uuid, record.kind, record.state) == (fresh.uuid, RecordKind.EVENT, "RUNNING")
+    assert [e.type for e in record.events] == ["DEFINED"]
+    assert agent.reader.count(fresh.uuid) == 2
+
+
+def test_events_that_say_the_domain_is_gone_give_deleted_and_a_tombstone_without_a_retry(agent, conn):
+    agent.wait_for_inventory()
+    gone = uuid_of(1)
+    reads_before = agent.reader.count(gone)
+    start = len(agent.producer.produced)
+    conn.remove(gone)
+
+    began = time.monotonic()
+    agent.event(gone, "LIFECYCLE", "STOPPED", "DESTROYED")
+    agent.producer.wait_produced(start + 2)
+    elapsed = time.monotonic() - began
+
+    (m1, deleted), (m2, tombstone) = agent.payloads(start)
+    assert isinstance(deleted, DomainRecord) and deleted.kind is RecordKind.DELETED
+    assert isinstance(tombstone, DomainTombstone) and tombstone.uuid == gone
+    assert m1.key == m2.key == gone.encode()
+    assert m2.value is None
+    assert agent.reader.count(gone) - reads_before == 1, "read once, not retried"
+    assert elapsed < CONFIG.not_found_retry, "not held for the not-found retry"
+
+
+@manual_acks
+def test_events_overtaken_by_their_hand_off_before_the_snapshot_are_not_published_but_counted(agent, conn):
+    domain = uuid_of(1)
+    agent.producer.wait_produced(2)  # the first HostRecord and the listing's RESYNC record
+    agent.producer.ack_all()
+    agent.wait_for_inventory()
+    agent.producer.ack_all()
+
+    agent.event(domain, "REBOOT")
+    in_flight = agent.producer.wait_produced(len(agent.producer.produced) + 1)[-1]
+    reads = agent.reader.count(domain)
+    # Queued behind the record in flight, while still owned: an event, then the migration's hand-off.
+    agent.event(domain, "REBOOT")
+    agent.event(domain, "LIFECYCLE", "SUSPENDED", "MIGRATED")
+    produced = len(agent.producer.produced)
+    agent.producer.ack(in_flight.index)  # now the two events are taken together
+
+    wait_until(lambda: agent.pipeline.stats.events_not_owned == 2, what="the events counted as not owned")
+    time.sleep(0.2)
+    assert len(agent.producer.produced) == produced, "nothing published after the hand-off"
+    assert agent.reader.count(domain) == reads, "not even read"
+    assert not agent.pipeline.ownership.owns(domain)
+
+
+# -- the resync's completion -------------------------------------------------------------------------------
+
+
+@manual_acks
+@pytest.mark.parametrize("conn", [3], indirect=True)
+def test_the_inventory_is_published_only_after_every_resync_record_is_acked(agent, conn):
+    produced = agent.producer.wait_produced(4)  # the first HostRecord and three RESYNC records
+    records = [(m, p) for m, p in agent.payloads() if isinstance(p, DomainRecord)]
+    assert sorted(p.uuid for _m, p in records) == [uuid_of(n) for n in (1, 2, 3)]
+    assert all(p.kind is RecordKind.RESYNC for _m, p in records)
+    (resync_id,) = {p.resync_id for _m, p in records}
+
+    def inventories() -> list[HostRecord]:
+        return [p for _m, p in agent.payloads() if isinstance(p, HostRecord) and p.resync_id == resync_id]
+
+    last, _ = records[-1]
+    for m in produced:
+        if m is not last:
+            agent.producer.ack(m.index)
+    time.sleep(0.3)
+    assert inventories() == [], "an inventory before its last RESYNC record was acknowledged"
+
+    agent.producer.ack(last.index)
+    wait_until(lambda: bool(inventories()), what="the inventory")
+    (inventory,) = inventories()
+    assert sorted((e.uuid, e.version) for e in inventory.domains) == sorted((p.uuid, p.version) for _m, p in records)
+
+
+# -- the drain -------------------------------------------------------------------------------------------------
+
+
+@manual_acks
+def test_drain_and_stop_returns_by_the_deadline_and_publishes_stopping_last(agent, conn):
+    agent.producer.wait_produced(2)
+    agent.producer.ack_all()
+    agent.wait_for_inventory()
+    agent.producer.ack_all()
+    agent.event(uuid_of(1), "REBOOT")
+    agent.producer.wait_produced(len(agent.producer.produced) + 1)  # never acknowledged
+
+    began = time.monotonic()
+    clean = agent.pipeline.drain_and_stop(began + 0.5)
+    elapsed = time.monotonic() - began
+
+    assert not clean, "a record was left unacknowledged"
+    assert 0.4 <= elapsed < 1.5
+    _m, last = agent.payloads()[-1]
+    assert isinstance(last, HostRecord) and last.status is HostStatus.STOPPING
+    assert not agent.pipeline.alive
+
+
+def test_drain_and_stop_with_everything_acked_returns_at_once(agent, conn):
+    agent.wait_for_inventory()
+    began = time.monotonic()
+    assert agent.pipeline.drain_and_stop(began + 5)
+    assert time.monotonic() - began < 1.5
+    _m, last = agent.payloads()[-1]
+    assert isinstance(last, HostRecord) and last.status is HostStatus.STOPPING
