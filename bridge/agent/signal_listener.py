@@ -14,8 +14,9 @@ import uuid as uuid_mod
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from bridge.consumer.partitions import NotReady, high_watermarks, list_partitions
 from bridge.errors import DecodeError
 from bridge.logging_setup import librdkafka_logger
 from bridge.signals import ResyncSignal
@@ -81,18 +82,13 @@ class SignalListener:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                meta = consumer.list_topics(self._topic, timeout=5)
-                partitions = meta.topics[self._topic].partitions
-                if meta.topics[self._topic].error is None and partitions:
-                    # The end as of now, read explicitly: a logical OFFSET_END resolves only when the
-                    # first fetch starts, and would skip a signal written in between.
-                    ends = [consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=5,
-                                                           cached=False) for p in partitions]
-                    if all(e is not None for e in ends):
-                        consumer.assign([TopicPartition(self._topic, p, e[1])
-                                         for p, e in zip(partitions, ends, strict=True) if e is not None])
-                        return True
-            except KafkaException as exc:
+                partitions = list_partitions(consumer, [self._topic], 5, self._config)
+                # The end as of now, read explicitly: a logical OFFSET_END resolves only when the
+                # first fetch starts, and would skip a signal written in between.
+                ends = high_watermarks(consumer, partitions, 5, self._config)
+                consumer.assign([TopicPartition(t, p, ends[(t, p)]) for t, p in partitions])
+                return True
+            except NotReady as exc:
                 log.warning("control topic %s not readable yet: %s", self._topic, exc)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 10.0)

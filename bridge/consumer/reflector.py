@@ -32,6 +32,7 @@ from bridge.consumer.batch import (
     ReflectorCounters,
     Sink,
 )
+from bridge.consumer.partitions import NotReady, high_watermarks, list_partitions
 from bridge.consumer.position import Offset, Position
 from bridge.consumer.read_errors import ErrorReport
 from bridge.errors import DecodeError, UserError
@@ -162,9 +163,10 @@ class Reflector:
         timeout = min(1.0, self._request_timeout)
         while not stop.is_set():
             try:
-                partitions = self._partitions(timeout)
-                self._targets = self._watermarks(partitions, timeout)
-            except _NotReady as exc:
+                partitions = list_partitions(self._consumer, (self._domain_topic, self._hosts_topic), timeout,
+                                             self._settings)
+                self._targets = high_watermarks(self._consumer, partitions, timeout, self._settings)
+            except NotReady as exc:
                 self._set_error(str(exc))
                 self._serve_callbacks()
                 if self._access_problem is not None:
@@ -185,35 +187,6 @@ class Reflector:
             self._deliver(())  # topics that are empty (or a start past the targets) are synced already
             return True
         return False
-
-    def _partitions(self, timeout: float) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
-        for topic in (self._domain_topic, self._hosts_topic):
-            try:
-                meta = self._consumer.list_topics(topic, timeout=timeout)
-            except KafkaException as exc:
-                raise _NotReady(f"cannot reach Kafka: {error_text(exc, self._settings)}") from None
-            tmeta = meta.topics.get(topic)
-            if tmeta is None or tmeta.error is not None or not tmeta.partitions:
-                error = tmeta.error if tmeta is not None else None
-                reason = error.str() if error is not None else "no partitions"
-                raise _NotReady(f"topic {topic} is not available: {reason}")
-            out.extend((topic, p) for p in sorted(tmeta.partitions))
-        return out
-
-    def _watermarks(self, partitions: list[tuple[str, int]], timeout: float) -> dict[tuple[str, int], int]:
-        targets: dict[tuple[str, int], int] = {}
-        for topic, partition in partitions:
-            try:
-                marks = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=timeout, cached=False)
-            except KafkaException as exc:
-                where = f"{topic}[{partition}]"
-                raise _NotReady(f"cannot read offsets of {where}: {error_text(exc, self._settings)}") from None
-            if marks is None:
-                raise _NotReady(f"timed out reading offsets of {topic}[{partition}]")
-            targets[(topic, partition)] = int(marks[1])
-        return targets
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -308,9 +281,6 @@ class Reflector:
     def _set_error(self, message: str | None, kind: object = None) -> None:
         self._errors.report(message, kind)
 
-
-class _NotReady(Exception):
-    """Kafka or a topic is not there yet; worth retrying."""
 
 
 def _short(key: bytes | None) -> bytes | None:

@@ -1,0 +1,50 @@
+"""Every partition of some topics, and their high watermarks: what a reader assigns and syncs to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from bridge.kafka_problems import error_text
+
+
+class NotReady(Exception):
+    """Kafka or a topic is not there yet; worth retrying. The message says what is missing."""
+
+
+def list_partitions(consumer: Any, topics: Iterable[str], timeout: float,
+                    settings: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(topic, partition) for every partition of ``topics``; NotReady if Kafka or a topic is missing.
+
+    ``settings`` are the client's, so a secret in an error text is masked.
+    """
+    out: list[tuple[str, int]] = []
+    for topic in topics:
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout)
+        except KafkaException as exc:
+            raise NotReady(f"cannot reach Kafka: {error_text(exc, settings)}") from None
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            error = tmeta.error if tmeta is not None else None
+            reason = error.str() if error is not None else "no partitions"
+            raise NotReady(f"topic {topic} is not available: {reason}")
+        out.extend((topic, p) for p in sorted(tmeta.partitions))
+    return out
+
+
+def high_watermarks(consumer: Any, partitions: Iterable[tuple[str, int]], timeout: float,
+                    settings: Mapping[str, Any]) -> dict[tuple[str, int], int]:
+    """The brokers' high watermark of each partition, asked now (not cached)."""
+    targets: dict[tuple[str, int], int] = {}
+    for topic, partition in partitions:
+        try:
+            marks = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
+        except KafkaException as exc:
+            raise NotReady(f"cannot read offsets of {topic}[{partition}]: {error_text(exc, settings)}") from None
+        if marks is None:
+            raise NotReady(f"timed out reading offsets of {topic}[{partition}]")
+        targets[(topic, partition)] = int(marks[1])
+    return targets
