@@ -33,6 +33,7 @@ demo: bootstrap
 	$(PY) -m devenv.demo
 
 bench: bootstrap
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]' >/dev/null  # py-spy, matplotlib
 	$(PY) -m tests.bench.run_all
 
 clean:
