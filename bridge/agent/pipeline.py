@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink
+from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink, SnapshotSource
 from bridge.agent.resync import Resync, Session
 from bridge.agent.state_store import StateStore, wait_out_lease
-from bridge.agent.streaming import SnapshotSource, Streamer
+from bridge.agent.streaming import Streamer
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.ownership import Ownership, Role
 from bridge.core.version_clock import Clock, VersionClock

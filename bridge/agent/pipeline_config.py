@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bridge.agent.publisher import Message
 from bridge.records import DomainRecord
+
+if TYPE_CHECKING:
+    from bridge.agent.snapshot import DomainSnapshot
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,15 @@ class PipelineObserver(Protocol):
     def snapshot_read(self, seconds: float) -> None: ...
 
     def record_acked(self, record: DomainRecord) -> None: ...
+
+
+class SnapshotSource(Protocol):
+    """Where snapshots come from (:class:`bridge.agent.snapshot.SnapshotReader`); called from the
+    ``snapshot-reader`` threads, but :meth:`forget`."""
+
+    def read(self, uuid: str) -> DomainSnapshot | None:
+        """The domain now, or None if libvirt says it does not exist; raises ConnectionLost or
+        ``libvirt.libvirtError`` (both retried)."""
+
+    def forget(self, uuid: str) -> None:
+        """The domain is gone (a DELETED record is being published)."""

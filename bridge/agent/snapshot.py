@@ -26,6 +26,7 @@ from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.agent.libvirt_session import ConnectionLost
 from bridge.core.ownership import ListedJob
 from bridge.core.version_clock import Clock
+from bridge.records import DomainEvent
 
 # Errors meaning "this domain does not exist (any more)".
 _GONE = {libvirt.VIR_ERR_NO_DOMAIN}
@@ -197,3 +198,15 @@ def _alive(conn: libvirt.virConnect) -> bool:
         return bool(conn.isAlive())
     except libvirt.libvirtError:
         return False
+
+
+# Lifecycle events after which "Domain not found" means the domain is really gone.
+_GONE_AFTER = {"UNDEFINED", "STOPPED"}
+
+
+def implies_gone(events: tuple[DomainEvent, ...]) -> bool:
+    """True if the last lifecycle event of ``events`` says the domain no longer exists here."""
+    for event in reversed(events):
+        if event.id == "LIFECYCLE":
+            return event.type in _GONE_AFTER
+    return False

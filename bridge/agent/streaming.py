@@ -7,11 +7,7 @@ For each batch (at most one record in flight per domain, see :mod:`bridge.core.c
 2. the domain's snapshot is read *after* those events, on the ``snapshot-reader`` threads;
    ``Domain not found`` is retried briefly unless the events say the domain is gone, and the retry
    stops early when newer events arrive (they join the batch);
-3. a version comes from the clock and is covered by the persisted bound *before* producing (see
-   :mod:`bridge.agent.state_store`: a lease kept ahead), so a crash can never make a version repeat;
-   a record that takes the domain over from another host is versioned ``--max-clock-skew`` ahead;
-4. the record is produced (plus a tombstone after ``DELETED``); the domain's next batch waits for the
-   ack, which the work queue hands back to the pipeline thread.
+3. version, persist and produce: :mod:`bridge.agent.record_writer`.
 
 It is a pipeline, not a sequence of rounds: a batch's read is handed to a reader the moment the batch
 is taken, every finished read wakes the pipeline thread (:meth:`WorkQueue.post_result`), and all the
@@ -32,43 +28,28 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import libvirt
 
 from bridge.agent.libvirt_session import ConnectionLost, one_line
-from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink
-from bridge.agent.publisher import Message
+from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink, SnapshotSource
+from bridge.agent.record_writer import RecordWriter
 from bridge.agent.resync import Resync
-from bridge.agent.snapshot import DomainSnapshot
-from bridge.agent.state_store import VERSION_LEASE_US, StateStore
+from bridge.agent.snapshot import DomainSnapshot, implies_gone
+from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.coalescer import Batch
 from bridge.core.ownership import Ownership, Verdict, claim_contradicted
 from bridge.core.version_clock import Clock, VersionClock
-from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
-from bridge.serde import RecordCodec, cloud_events
+from bridge.records import AgentInfo, DomainEvent
+from bridge.serde import RecordCodec
 
 log = logging.getLogger(__name__)
 
-# Lifecycle events after which "Domain not found" means the domain is really gone.
-_GONE_AFTER = {"UNDEFINED", "STOPPED"}
 # Backoff of the "Domain not found" retry: 5 ms, doubling, at most 100 ms between reads.
 _RETRY_FIRST = 0.005
 _RETRY_MAX = 0.1
 _SWITCH_INTERVAL = 0.0005
-
-
-class SnapshotSource(Protocol):
-    """Where snapshots come from (:class:`bridge.agent.snapshot.SnapshotReader`); called from the
-    ``snapshot-reader`` threads, but :meth:`forget`."""
-
-    def read(self, uuid: str) -> DomainSnapshot | None:
-        """The domain now, or None if libvirt says it does not exist; raises ConnectionLost or
-        ``libvirt.libvirtError`` (both retried)."""
-
-    def forget(self, uuid: str) -> None:
-        """The domain is gone (a DELETED record is being published)."""
 
 
 @dataclass
@@ -118,7 +99,8 @@ class Streamer:
         self._save_roles = save_roles
         self._sleep = sleep
         self._observer = observer
-        self._claims: set[str] = set()  # UUIDs whose next record takes them over from another host
+        self._writer = RecordWriter(config, queue, reader, store, publisher, codec, clock, resync, stats,
+                                    agent_info, now, save_roles, observer)
         self._read_pool = ThreadPoolExecutor(config.snapshot_readers, thread_name_prefix="snapshot-reader")
         # Each libvirt call releases the GIL and must take it back when its reply is in; behind a thread
         # running Python that waits up to the switch interval (5 ms by default), per round-trip. The
@@ -130,7 +112,6 @@ class Streamer:
         self._max_reading = 2 * config.snapshot_readers  # enough queued that no reader waits for work
         self._parked: list[tuple[float, int, _Read]] = []  # (due, tie-break, read): not-found retries
         self._seq = itertools.count()
-        self._lease = 0  # the persisted bound above every version issued (see bridge.agent.state_store)
 
     def close(self) -> None:
         """Stop the snapshot readers (after the pipeline thread has stopped)."""
@@ -172,7 +153,7 @@ class Streamer:
             outcome = self._retry(read, now)
             if outcome is not None:
                 ready.append(outcome)
-        self._commit(ready)
+        self._writer.commit(ready)
 
     def drain(self) -> None:
         """Finish every read and parked retry: before a resync's listing, so the ownership timing rule
@@ -241,23 +222,6 @@ class Streamer:
             heapq.heappush(self._parked, (now + delay, next(self._seq), read))
         return None
 
-    def _commit(self, ready: list[tuple[Batch, DomainSnapshot | None]]) -> None:
-        """Version every ready batch, persist the highest version (one fsync for all), produce."""
-        if not ready:
-            return
-        records = [self._record(batch, snap) for batch, snap in ready]
-        top = max(r.version for r in records)
-        if top + VERSION_LEASE_US // 2 >= self._lease:
-            # Durable before producing: the persisted bound covers every version of this group and a
-            # lease beyond (renewed half way, so most groups need no fsync at all).
-            self._lease = max(top, self._now()) + VERSION_LEASE_US
-            self._store.raise_floor(self._lease)
-        self._save_roles()
-        for record, (batch, _snap) in zip(records, ready, strict=True):
-            if record.kind is RecordKind.DELETED:
-                self._reader.forget(record.uuid)
-            self._publish(record, batch.resync_id)
-
     # -- ownership ----------------------------------------------------------------------------------
 
     def _filter_events(self, batch: Batch) -> Batch:
@@ -271,7 +235,7 @@ class Streamer:
                 if silent:
                     # A claim (a migration's destination, or a source taking a domain back): the
                     # record must sort above the other host's last one, on that host's clock.
-                    self._claims.add(batch.uuid)
+                    self._writer.claims.add(batch.uuid)
             else:
                 self._stats.events_not_owned += 1
                 log.info("not publishing %s %s for %s (%s): %s", event.id, event.label(), batch.name or "?",
@@ -319,10 +283,10 @@ class Streamer:
             self._resync.dropped(batch)
             self._queue.done(batch.uuid)
             return None
-        if batch.uuid in self._claims and snap is not None and claim_contradicted(batch.events, snap.active):
+        if batch.uuid in self._writer.claims and snap is not None and claim_contradicted(batch.events, snap.active):
             # The claim said "running here", the read after it says not: the migration failed in
             # between, and the source takes the domain back. This host's word must not outrank it.
-            self._claims.discard(batch.uuid)
+            self._writer.claims.discard(batch.uuid)
             self._ownership.revoke_claim(batch.uuid)
             self._save_roles()
             self._stats.events_not_owned += len(batch.events)
@@ -332,58 +296,3 @@ class Streamer:
             self._queue.done(batch.uuid)
             return None
         return batch, snap
-
-    # -- the record ---------------------------------------------------------------------------------
-
-    def _record(self, batch: Batch, snap: DomainSnapshot | None) -> DomainRecord:
-        claim = batch.uuid in self._claims
-        self._claims.discard(batch.uuid)
-        version = self._clock.tick(ahead=int(self._cfg.max_clock_skew * 1e6) if claim else 0)
-        if snap is None:
-            self._resync.dropped(batch)
-        else:
-            self._resync.assigned(batch, version)
-        agent = self._agent_info()
-        if snap is None:
-            return DomainRecord(
-                uuid=batch.uuid, name=batch.name, host=self._cfg.host, version=version,
-                kind=RecordKind.DELETED, agent=agent, observed_at=self._now(), events=batch.events,
-                events_elided=batch.elided,
-            )
-        return DomainRecord(
-            uuid=batch.uuid, name=snap.name, host=self._cfg.host, version=version,
-            kind=RecordKind.EVENT if batch.events else RecordKind.RESYNC, agent=agent,
-            observed_at=snap.observed_at, events=batch.events, events_elided=batch.elided,
-            state=snap.state, reason=snap.reason, active=snap.active, persistent=snap.persistent,
-            xml=snap.xml, resync_id=batch.resync_id,
-        )
-
-    def _publish(self, record: DomainRecord, resync_id: str | None) -> None:
-        key = record.uuid.encode()
-        messages = [Message(self._cfg.domains_topic, key, self._codec.encode_domain(record),
-                            cloud_events.domain_headers(record))]
-        if record.kind is RecordKind.DELETED:
-            messages.append(Message(self._cfg.domains_topic, key, None, cloud_events.tombstone_headers(record)))
-            self._stats.deleted += 1
-        self._stats.records += 1
-        self._stats.events_published += len(record.events)
-        self._stats.events_coalesced += max(0, len(record.events) - 1)
-        by_kind, by_id = self._stats.records_by_kind, self._stats.events_published_by_id
-        by_kind[record.kind.value] = by_kind.get(record.kind.value, 0) + 1
-        for event in record.events:
-            by_id[event.id] = by_id.get(event.id, 0) + 1
-        self._publisher.publish(messages, lambda: self._acked(record, resync_id))
-
-    def _acked(self, record: DomainRecord, resync_id: str | None) -> None:
-        # On the delivery thread: the work queue is thread-safe, and the observer says so too.
-        self._queue.done(record.uuid, resync_id)
-        if self._observer is not None:
-            self._observer.record_acked(record)
-
-
-def implies_gone(events: tuple[DomainEvent, ...]) -> bool:
-    """True if the last lifecycle event of ``events`` says the domain no longer exists here."""
-    for event in reversed(events):
-        if event.id == "LIFECYCLE":
-            return event.type in _GONE_AFTER
-    return False
