@@ -84,6 +84,9 @@ def test_a_handler_first_gets_the_synced_view_as_adds_then_updates(log, informer
     assert informer.wait_for_sync(5)
     if registered == "after_sync":
         register()
+    # The adds must be taken before the update is written: a change still waiting when the next of
+    # its domain arrives is merged with it (level-triggered), which a slow handler thread would see.
+    calls.wait(2)
     write(log, domain(1, 11))
 
     seen = calls.wait(3)
