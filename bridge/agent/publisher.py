@@ -150,12 +150,6 @@ class Publisher:
         with self._lock:
             return len(self._in_flight)
 
-    def oldest_in_flight_age(self) -> float:
-        """Seconds the oldest unacknowledged sequence has waited (0 when none)."""
-        with self._lock:
-            oldest = min((s.produced_at for s in self._in_flight.values()), default=None)
-        return 0.0 if oldest is None else time.monotonic() - oldest
-
     def queue_depth(self) -> int:
         """Messages in librdkafka's queue: produced, not yet acknowledged (``len(producer)``)."""
         producer = self._producer

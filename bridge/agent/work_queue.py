@@ -93,10 +93,6 @@ class WorkQueue:
         with self._cond:
             return self._coalescer.take_more(uuid)
 
-    def has_pending(self, uuid: str) -> bool:
-        with self._cond:
-            return self._coalescer.has_pending(uuid)
-
     def requeue(self, batch: Batch) -> None:
         with self._cond:
             self._coalescer.requeue(batch)
