@@ -229,6 +229,16 @@ class Informer:
             handler_errors=self._fanout.errors(),
         )
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages per partition between the view's position and the brokers' high watermark as the
+        reader last heard it (0 when caught up); empty before the reader has reached Kafka."""
+        with self._lock:
+            reflector = self._reflector
+        if reflector is None:
+            return {}
+        position = self._view.position
+        return {key: max(0, high - position.next_offset(*key)) for key, high in reflector.high_watermarks().items()}
+
     # -- reading the view --------------------------------------------------------------------------
 
     def list(self) -> Snapshot:

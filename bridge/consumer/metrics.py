@@ -10,9 +10,8 @@ registry (or a registry of its own; nothing here touches a global one)::
     REGISTRY.register(InformerCollector(informer))
 
 Names start with ``libvirt_kafka_bridge_consumer_``; ``labels`` adds constant labels, to tell several
-informers of one process apart. Lag is not exported: the informer knows the offsets it has read
-(``position_offset``, per partition), not the brokers' current high watermarks; subtract it from
-those (e.g. a Kafka exporter's ``kafka_topic_partition_current_offset``) for the lag.
+informers of one process apart. ``lag_messages`` per partition is the distance from the view's
+position (``position_offset``) to the high watermark the brokers last reported to the reader.
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ class InformerSource(Protocol):
     def stats(self) -> InformerStats: ...
 
     def list(self) -> Snapshot: ...
+
+    def lag(self) -> Mapping[tuple[str, int], int]: ...
 
     @property
     def last_error(self) -> str | None: ...
@@ -88,3 +89,10 @@ class InformerCollector(Collector):
         for (topic, partition), offset in snap.position.items():
             position.add_metric([*self._label_values, topic, str(partition)], offset)
         yield position
+        lag = GaugeMetricFamily(self._prefix + "lag_messages",
+                                "Messages between the view's position and the high watermark last reported by "
+                                "the brokers, per topic partition.",
+                                labels=[*self._label_names, "topic", "partition"])
+        for (topic, partition), behind in self._informer.lag().items():
+            lag.add_metric([*self._label_values, topic, str(partition)], behind)
+        yield lag

@@ -138,6 +138,20 @@ class Reflector:
                 legacy_fingerprint=self._counts[ReadAs.LEGACY_FINGERPRINT.value],
             )
 
+    def high_watermarks(self) -> dict[tuple[str, int], int]:
+        """The brokers' high watermark of each assigned partition as the last fetch replies reported
+        it (cached by the client: no request); empty before the reader is assigned or once closed."""
+        out: dict[tuple[str, int], int] = {}
+        for topic, partition in list(self._targets):
+            if self._closed:
+                return {}
+            with contextlib.suppress(KafkaException, RuntimeError):
+                marks = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=0,
+                                                             cached=True)
+                if marks is not None and marks[1] >= 0:
+                    out[(topic, partition)] = int(marks[1])
+        return out
+
     def run(self, stop: threading.Event) -> None:
         """Read until ``stop`` is set, then close the consumer. Raises ConsumerError if fatal."""
         try:

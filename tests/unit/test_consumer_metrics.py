@@ -32,6 +32,9 @@ class FakeInformer:
     def list(self) -> Snapshot:
         return self.snapshot
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {("libvirt.domains", 0): 3}
+
 
 def test_collector_reads_stats_and_the_view():
     snap = Snapshot(
@@ -60,6 +63,7 @@ def test_collector_reads_stats_and_the_view():
     assert get(P + "reader_error", v) == 1
     assert get(P + "position_offset", {**v, "topic": "libvirt.domains", "partition": "1"}) == 4
     assert get(P + "position_offset", {**v, "topic": "libvirt.hosts", "partition": "0"}) == 9
+    assert get(P + "lag_messages", {**v, "topic": "libvirt.domains", "partition": "0"}) == 3
     # The exposition parses back, every name under the prefix.
     families = list(text_string_to_metric_families(generate_latest(registry).decode()))
     assert families and all(f.name.startswith(P) for f in families)

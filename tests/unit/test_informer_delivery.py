@@ -13,6 +13,7 @@ from bridge.consumer.changes import Change
 from bridge.records import DomainRecord
 from tests.fakes import FakeConsumer
 from tests.fakes.records import CODEC, DOMAINS, HOSTS, domain, domain_message, host, host_message
+from tests.support.agent_proc import wait_for
 
 
 @pytest.fixture
@@ -136,3 +137,13 @@ def test_a_slow_reader_gets_the_changes_to_one_domain_merged(log, informer):
     assert merged.type is ChangeType.UPDATED
     assert merged.old is not None and merged.old.version == 10, "old is what the reader last knew"
     assert merged.new is not None and merged.new.version == 13, "new is the latest"
+
+
+def test_lag_is_reported_per_partition_and_is_zero_once_caught_up(log, informer):
+    for n in range(3):
+        write(log, domain(n, 10))
+    assert informer.lag() == {}, "no reader yet, nothing to report"
+    informer.start()
+    assert informer.wait_for_sync(5)
+    wait_for(lambda: informer.lag() and set(informer.lag().values()) == {0}, 5, "caught-up lag")
+    assert set(informer.lag()) == set(informer.position), "one figure per partition read"
