@@ -19,7 +19,6 @@ import enum
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,6 +28,7 @@ from bridge.consumer.delivery import Fanout, HandlerRegistration, OnAdd, OnDelet
 from bridge.consumer.position import Position
 from bridge.consumer.reflector import ConsumerError, ConsumerFactory, Reflector
 from bridge.consumer.snapshot import Snapshot
+from bridge.consumer.stats import InformerStats
 from bridge.consumer.store import DEFAULT_STALE_AFTER_INTERVALS, Store
 from bridge.consumer.view import Clock, View
 from bridge.core.version_clock import wall_clock_micros
@@ -51,26 +51,6 @@ class Lifecycle(enum.Enum):
     NEW = "new"
     RUNNING = "running"
     STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class InformerStats:
-    """Counters since the informer started."""
-
-    applied: int = 0
-    """Messages taken into the view (newer than anything seen for their key)."""
-    skipped_older: int = 0
-    """Domain records not newer than a version already seen: duplicates or out of order."""
-    listed_away: int = 0
-    """Domain records their host's latest inventory had already listed away."""
-    undecodable: int = 0
-    """Messages skipped because they are not records of this bridge."""
-    unknown_schema: int = 0
-    """Records written with a newer, unknown schema and read without the fields it added."""
-    legacy_fingerprint: int = 0
-    """Records written by 0.1.0, whose single-object fingerprint was byte-reversed (read all the same)."""
-    handler_errors: int = 0
-    """Exceptions raised by handlers (logged; delivery goes on)."""
 
 
 class Informer:
