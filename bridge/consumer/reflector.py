@@ -142,10 +142,8 @@ class Reflector:
         """The brokers' high watermark of each assigned partition as the last fetch replies reported
         it (cached by the client: no request); empty before the reader is assigned or once closed."""
         out: dict[tuple[str, int], int] = {}
-        for topic, partition in list(self._targets):
-            if self._closed:
-                return {}
-            with contextlib.suppress(KafkaException, RuntimeError):
+        for topic, partition in [] if self._closed else list(self._targets):
+            with contextlib.suppress(KafkaException, RuntimeError):  # RuntimeError: closed meanwhile
                 marks = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=0,
                                                              cached=True)
                 if marks is not None and marks[1] >= 0:
