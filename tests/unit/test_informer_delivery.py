@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from bridge.consumer import ChangeType, Informer, KafkaSettings
 from bridge.consumer.changes import Change
 from bridge.records import DomainRecord
+from devenv import wait_until
 from tests.fakes import FakeConsumer
 from tests.fakes.records import CODEC, DOMAINS, HOSTS, domain, domain_message, host, host_message
 from tests.support.agent_proc import wait_for
@@ -43,10 +43,8 @@ def informer(log: FakeConsumer) -> Iterator[Informer]:
 
 def wait_applied(informer: Informer, log: FakeConsumer, offsets: dict[int, int]) -> None:
     """Wait until the view's position covers ``offsets`` (domains partition → last offset written)."""
-    deadline = time.monotonic() + 5
-    while not all(informer.position.next_offset(DOMAINS, p) > o for p, o in offsets.items()):
-        assert time.monotonic() < deadline, f"position {informer.position} does not cover {offsets}"
-        time.sleep(0.01)
+    wait_until(lambda: all(informer.position.next_offset(DOMAINS, p) > o for p, o in offsets.items()),
+               timeout=5, what=f"the view's position to cover {offsets}", interval=0.01)
 
 
 class Calls:

@@ -23,6 +23,7 @@ from bridge.agent.work_queue import WorkQueue
 from bridge.core.version_clock import wall_clock_micros
 from bridge.records import DomainEvent, DomainRecord, HostRecord, HostStatus, RecordKind
 from bridge.serde import DomainTombstone, Payload
+from devenv import wait_until as devenv_wait_until
 from tests.fakes import FakeConnection, FakeDomain, FakeProducer, FakeSession, Produced, decode
 from tests.fakes.records import AGENT, CODEC, DOMAINS, HOSTS, uuid_of
 
@@ -69,20 +70,18 @@ class Agent:
         self.queue.add_event(uuid, f"vm-{uuid[-2:]}", DomainEvent(event_id, wall_clock_micros(), type_, detail))
 
     def wait_for_inventory(self, timeout: float = 5.0) -> HostRecord:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for _m, payload in self.payloads():
-                if isinstance(payload, HostRecord) and payload.resync_id is not None:
-                    return payload
-            time.sleep(0.01)
-        raise AssertionError(f"no inventory published: {self.payloads()}")
+        def inventory() -> HostRecord | None:
+            return next((p for _m, p in self.payloads() if isinstance(p, HostRecord) and p.resync_id), None)
+
+        devenv_wait_until(lambda: inventory() is not None, timeout=timeout, what="an inventory published",
+                          interval=0.01)
+        found = inventory()
+        assert found is not None
+        return found
 
 
 def wait_until(test, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not test():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+    devenv_wait_until(lambda: bool(test()), timeout=timeout, what=what, interval=0.01)
 
 
 @pytest.fixture
@@ -171,7 +170,7 @@ def test_events_overtaken_by_their_hand_off_before_the_snapshot_are_not_publishe
     agent.producer.ack(in_flight.index)  # now the two events are taken together
 
     wait_until(lambda: agent.pipeline.stats.events_not_owned == 2, what="the events counted as not owned")
-    time.sleep(0.2)
+    time.sleep(0.2)  # a window in which nothing may happen (a negative check), not a wait for a condition
     assert len(agent.producer.produced) == produced, "nothing published after the hand-off"
     assert agent.reader.count(domain) == reads, "not even read"
     assert not agent.pipeline.ownership.owns(domain)
@@ -196,7 +195,7 @@ def test_the_inventory_is_published_only_after_every_resync_record_is_acked(agen
     for m in produced:
         if m is not last:
             agent.producer.ack(m.index)
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which nothing may happen (a negative check), not a wait for a condition
     assert inventories() == [], "an inventory before its last RESYNC record was acknowledged"
 
     agent.producer.ack(last.index)

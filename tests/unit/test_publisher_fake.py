@@ -40,7 +40,8 @@ def messages(*keys: str) -> list[Message]:
 
 
 def settle() -> None:
-    """Give the delivery thread time to serve what is queued (it polls every few ms)."""
+    """A window for the delivery thread to serve what is queued before a negative check (nothing more
+    may happen); the positive checks wait on their condition."""
     time.sleep(0.1)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -11,6 +10,7 @@ from confluent_kafka import KafkaError
 
 from bridge.consumer.reflector import Batch, Reflector
 from bridge.records import DomainRecord
+from devenv import wait_until
 from tests.fakes import FakeConsumer
 from tests.fakes.records import CODEC, DOMAINS, HOSTS, domain, domain_message, host, host_message
 
@@ -143,10 +143,7 @@ def test_errors_that_are_not_fatal_are_shown_and_reading_goes_on():
     with reading(consumer) as (reflector, sink):
         sink.wait_for(lambda b: b.synced)
         consumer.inject_error(KafkaError._TRANSPORT)
-        deadline = time.monotonic() + 3
-        while reflector.last_error is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert reflector.last_error is not None
+        wait_until(lambda: reflector.last_error is not None, timeout=3, what="the error shown", interval=0.01)
         put_domain(consumer, domain(1, 5))
         sink.wait_for(lambda b: len(b.messages) == 1)
         assert reflector.last_error is None, "a message read clears the error"
