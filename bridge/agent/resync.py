@@ -108,7 +108,9 @@ class Resync:
         """
         try:
             conn = self._session.connection()
-            listed_wall = self._now() / 1e6
+            # The real clock, as LibvirtSession.connected_at's: status.json compares the two (an agent's
+            # version clock may be offset in tests, and only versions need it).
+            listed_wall = time.time()
             listed_at = self._clock.tick()
             # Persist listed_at like any version: after a restart, even with the clock stepped back,
             # new records must sort above the inventory a consumer may still apply.
