@@ -8,6 +8,14 @@ carries the signal's id in ``signal_id``.
 
 Who may write to the control topic may make every agent relist its domains: grant WRITE on it to the
 operators who run ``resync``, READ to the agents' principals, nothing to anyone else (Kafka ACLs).
+
+The agents also write to it themselves (so grant their principals WRITE too): a host that stops owning
+a domain it published for (a migration's source at the hand-off, a host whose listing took an incoming
+domain for its own) sends a :class:`ReassertSignal` for the UUID once its own records of it are
+acknowledged, keyed ``domain/<uuid>``; whichever agent owns the domain then publishes it again. Kafka
+orders only one producer's messages, so the old owner's last record can land after the new owner's
+claim (a broker failover delays one of them); compaction keeps the last offset, and without the
+re-assertion a compacted key would hold a stale host's word until the owner's next resync.
 """
 
 from __future__ import annotations
@@ -17,10 +25,13 @@ import uuid as uuid_mod
 from dataclasses import dataclass
 
 from bridge.errors import DecodeError
+from bridge.serde.record_codec import UUID_RE
 
 ALL_HOSTS = "*"
 DEFAULT_CONTROL_TOPIC = "libvirt.control"
 _TYPE = "resync"
+_REASSERT_TYPE = "reassert"
+_REASSERT_KEY_PREFIX = "domain/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +77,50 @@ class ResyncSignal:
         if key is not None and key != signal.key():
             raise DecodeError(f"signal for host {signal.host!r} sent under key {key!r}")
         return signal
+
+
+@dataclass(frozen=True, slots=True)
+class ReassertSignal:
+    """A request, from ``requested_by``, that whichever host owns domain ``uuid`` publish it again."""
+
+    uuid: str
+    id: str
+    requested_at: int
+    """Microseconds since the epoch."""
+    requested_by: str = ""
+
+    @classmethod
+    def new(cls, uuid: str, requested_at: int, requested_by: str = "") -> ReassertSignal:
+        return cls(uuid, uuid_mod.uuid4().hex, requested_at, requested_by)
+
+    def key(self) -> bytes:
+        return (_REASSERT_KEY_PREFIX + self.uuid).encode()
+
+    def value(self) -> bytes:
+        return json.dumps({"type": _REASSERT_TYPE, "id": self.id, "uuid": self.uuid,
+                           "requested_at": self.requested_at, "requested_by": self.requested_by},
+                          sort_keys=True).encode()
+
+
+Signal = ResyncSignal | ReassertSignal
+
+
+def decode_signal(key: bytes | None, value: bytes | None) -> Signal:
+    """Parse any control-topic message; DecodeError naming what is wrong with anything else."""
+    if value is not None:
+        try:
+            d = json.loads(value)
+        except (UnicodeDecodeError, ValueError):
+            d = None
+        if isinstance(d, dict) and d.get("type") == _REASSERT_TYPE:
+            try:
+                signal = ReassertSignal(str(d["uuid"]), str(d["id"]), int(d["requested_at"]),
+                                        str(d.get("requested_by", "")))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DecodeError(f"a reassert signal without a valid {exc}") from None
+            if not UUID_RE.match(signal.uuid):
+                raise DecodeError(f"a reassert signal for {signal.uuid!r}, not a lower-case domain UUID")
+            if key is not None and key != signal.key():
+                raise DecodeError(f"reassert signal for {signal.uuid!r} sent under key {key!r}")
+            return signal
+    return ResyncSignal.decode(key, value)

@@ -34,9 +34,11 @@ from bridge.core.version_clock import Clock, wall_clock_micros
 from bridge.errors import UserError
 from bridge.kafka_settings import KafkaSettings
 from bridge.records import AgentInfo
-from bridge.signals import DEFAULT_CONTROL_TOPIC
+from bridge.signals import DEFAULT_CONTROL_TOPIC, ReassertSignal, Signal
 
 log = logging.getLogger(__name__)
+
+_SIGNALS_READY_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,15 +106,21 @@ class Agent:
             self._agent_info = AgentInfo(self.instance_id, __version__, self._session.libvirt_version())
             self._pipeline = Pipeline(
                 PipelineConfig(s.host_id, s.kafka.topic, s.kafka.hosts_topic, s.resync_interval,
-                               s.heartbeat_interval, max_clock_skew=s.max_clock_skew),
+                               s.heartbeat_interval, max_clock_skew=s.max_clock_skew,
+                               control_topic=s.control_topic or None),
                 self._queue, self._session, SnapshotReader(self._session, self._now), self._store,
                 self._publisher, codec, self._current_agent_info, self._now, observer=self.metrics,
             )
-            self._pipeline.start()
             if s.control_topic:
                 self._signals = SignalListener(s.kafka.client_config(), s.control_topic, s.host_id,
-                                               lambda signal: self._request_resync(signal.id))
+                                               self._on_signal)
                 self._signals.start()
+                # A request written before the listener reads is answered by the start-up resync only
+                # if that resync comes after it.
+                if not self._signals.wait_assigned(_SIGNALS_READY_TIMEOUT):
+                    log.warning("control topic %s not readable after %.0fs; starting anyway",
+                                s.control_topic, _SIGNALS_READY_TIMEOUT)
+            self._pipeline.start()
         except BaseException:
             self._teardown()
             raise
@@ -243,6 +251,13 @@ class Agent:
     def _request_resync(self, signal_id: str | None) -> None:
         if self._pipeline is not None:
             self._pipeline.request_resync(signal_id)
+
+    def _on_signal(self, signal: Signal) -> None:
+        if isinstance(signal, ReassertSignal):
+            if self._pipeline is not None:
+                self._pipeline.reasserter.requested(signal)
+        else:
+            self._request_resync(signal.id)
 
     def _prepare_kafka(self) -> None:
         k = self.settings.kafka

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink, SnapshotSource
+from bridge.agent.reassert import Reasserter
 from bridge.agent.resync import Resync, Session
 from bridge.agent.state_store import StateStore, wait_out_lease
 from bridge.agent.streaming import Streamer
@@ -88,6 +89,8 @@ class Pipeline:
         self._streamer = Streamer(config, queue, reader, store, publisher, codec, self.clock, self.ownership,
                                   self._resync, self.stats, agent_info, now, self._save_ownership_roles,
                                   self._stop.wait, observer)
+        self.reasserter = Reasserter(config.host, config.control_topic, queue, self.ownership, publisher, now,
+                                     self._streamer.outrank)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class Pipeline:
             self._streamer.drain()  # reads taken before the listing finish before it, as the rule wants
             if not self._resync.start(signal_id):
                 self.request_resync(signal_id)  # libvirt went away: again after the reconnect
+        self.reasserter.step()
         if not draining:
             self._resync.heartbeat(HostStatus.UP)
         wait = max(0.0, min(self._next_resync, self._resync.next_heartbeat) - time.monotonic())
@@ -178,6 +182,7 @@ class Pipeline:
         batches = self._queue.take(min(self._cfg.batch_size, self._streamer.capacity()), timeout=min(wait, 0.5))
         self._streamer.process(batches)  # their reads start at once ...
         self._streamer.advance()  # ... while the reads finished by now are versioned, persisted, produced
+        self.reasserter.step()  # hand-offs seen by now: ask the new owner to have the last word
 
     # -- ownership state ------------------------------------------------------------------------------
 

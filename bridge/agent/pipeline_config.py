@@ -27,6 +27,8 @@ class PipelineConfig:
     """Seconds to keep retrying ``Domain not found`` for a domain whose events don't say it is gone."""
     max_clock_skew: float = 0.05
     """Seconds host clocks may differ by; a claim's version is taken that far ahead (the version rule)."""
+    control_topic: str | None = None
+    """Where re-assertion requests go (:mod:`bridge.agent.reassert`); None: not sent."""
 
 
 @dataclass

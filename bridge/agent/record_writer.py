@@ -46,6 +46,9 @@ class RecordWriter:
         self._observer = observer
         self.claims: set[str] = set()
         """UUIDs whose next record takes them over from another host (filled by the ownership filter)."""
+        self.outrank: set[str] = set()
+        """UUIDs whose next record must sort above another host's, as a claim's does, without being
+        one (a re-assertion another host asked for, :mod:`bridge.agent.reassert`)."""
         self._lease = 0  # the persisted bound above every version issued (see bridge.agent.state_store)
 
     def commit(self, ready: list[tuple[Batch, DomainSnapshot | None]]) -> None:
@@ -66,8 +69,9 @@ class RecordWriter:
             self._publish(record, batch.resync_id)
 
     def _record(self, batch: Batch, snap: DomainSnapshot | None) -> DomainRecord:
-        claim = batch.uuid in self.claims
+        claim = batch.uuid in self.claims or batch.uuid in self.outrank
         self.claims.discard(batch.uuid)
+        self.outrank.discard(batch.uuid)
         version = self._clock.tick(ahead=int(self._cfg.max_clock_skew * 1e6) if claim else 0)
         if snap is None:
             self._resync.dropped(batch)

@@ -1,9 +1,10 @@
-"""The ``control-signals`` thread: reads resync signals (:mod:`bridge.signals`) meant for this host.
+"""The ``control-signals`` thread: reads the control topic's signals (:mod:`bridge.signals`).
 
 It assigns every partition of the control topic at its end when the agent starts (a signal written
-before then is answered by the start-up resync anyway; the control topic keeps the latest signal per
-target, so it stays tiny), and hands each signal for this host, or for
-every host, to the pipeline. Anything else on the topic is logged and skipped.
+before then is answered by the start-up resync anyway, which the agent starts only once the listener
+is assigned; the control topic keeps the latest signal per key, so it stays small), and hands each
+resync signal for this host, or for every host, and every re-assertion request, to the pipeline.
+Anything else on the topic is logged and skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from bridge.consumer.partitions import NotReady, high_watermarks, list_partitions
 from bridge.errors import DecodeError
 from bridge.logging_setup import librdkafka_logger
-from bridge.signals import ResyncSignal
+from bridge.signals import ReassertSignal, Signal, decode_signal
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class SignalListener:
     """Owns the control-topic consumer and the ``control-signals`` thread."""
 
     def __init__(self, client_config: dict[str, Any], topic: str, host: str,
-                 on_signal: Callable[[ResyncSignal], None]) -> None:
+                 on_signal: Callable[[Signal], None]) -> None:
         self._topic = topic
         self._host = host
         self._on_signal = on_signal
@@ -39,12 +40,17 @@ class SignalListener:
             "logger": librdkafka_logger("signals", max_level=logging.DEBUG),
         }
         self._stop = threading.Event()
+        self._assigned = threading.Event()
         self._thread: threading.Thread | None = None
         self.received = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="control-signals", daemon=True)
         self._thread.start()
+
+    def wait_assigned(self, timeout: float) -> bool:
+        """Block until the listener reads from the topic's end (True), or ``timeout`` s pass."""
+        return self._assigned.wait(timeout)
 
     @property
     def alive(self) -> bool:
@@ -66,11 +72,13 @@ class SignalListener:
                 if msg is None or msg.error() is not None:
                     continue
                 try:
-                    signal = ResyncSignal.decode(msg.key(), msg.value())
+                    signal = decode_signal(msg.key(), msg.value())
                 except DecodeError as exc:
                     log.warning("skipping a message on %s at offset %s: %s", self._topic, msg.offset(), exc)
                     continue
-                if signal.addresses(self._host):
+                if isinstance(signal, ReassertSignal):
+                    self._on_signal(signal)
+                elif signal.addresses(self._host):
                     self.received += 1
                     log.info("resync signal %s (for %s, by %s): resyncing now", signal.id[:8], signal.host,
                              signal.requested_by or "?")
@@ -87,6 +95,7 @@ class SignalListener:
                 # first fetch starts, and would skip a signal written in between.
                 ends = high_watermarks(consumer, partitions, 5, self._config)
                 consumer.assign([TopicPartition(t, p, ends[(t, p)]) for t, p in partitions])
+                self._assigned.set()
                 return True
             except NotReady as exc:
                 log.warning("control topic %s not readable yet: %s", self._topic, exc)

@@ -113,6 +113,10 @@ class Streamer:
         self._parked: list[tuple[float, int, _Read]] = []  # (due, tie-break, read): not-found retries
         self._seq = itertools.count()
 
+    def outrank(self, uuid: str) -> None:
+        """Version ``uuid``'s next record as a claim: it must sort above another host's last one."""
+        self._writer.outrank.add(uuid)
+
     def close(self) -> None:
         """Stop the snapshot readers (after the pipeline thread has stopped)."""
         self._read_pool.shutdown(wait=True)

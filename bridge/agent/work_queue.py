@@ -127,6 +127,11 @@ class WorkQueue:
             c = self._coalescer
             return c.pending_count, c.in_flight_count, c.oldest_waiting(), c.elided_total
 
+    def in_flight(self, uuid: str) -> bool:
+        """A batch of ``uuid`` was taken and its record is not acknowledged yet."""
+        with self._cond:
+            return self._coalescer.is_in_flight(uuid)
+
     def idle(self) -> bool:
         """Nothing pending, nothing in flight."""
         with self._cond:

@@ -52,8 +52,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DURATION"),
     Option("status_interval", "how often to log a progress line and write status.json", 30.0,
            parse_duration, metavar="DURATION"),
-    Option("control_topic", "compacted topic the agent reads resync signals from (`resync`); created if "
-           "missing; empty: don't listen", DEFAULT_CONTROL_TOPIC, metavar="TOPIC"),
+    Option("control_topic", "compacted topic the agent reads resync signals from (`resync`) and where the "
+           "fleet's agents ask each other to re-assert a migrated domain; created if missing; empty: neither",
+           DEFAULT_CONTROL_TOPIC, metavar="TOPIC"),
     Option("max_clock_skew", "how far apart the fleet's host clocks may be (keep them in sync with NTP); a "
            "host that takes a domain over from another versions that record this far ahead", 0.05,
            parse_duration, metavar="DURATION"),

@@ -109,6 +109,9 @@ class Coalescer:
         """Whether new work for ``uuid`` is waiting."""
         return uuid in self._pending
 
+    def is_in_flight(self, uuid: str) -> bool:
+        return uuid in self._in_flight
+
     def done(self, uuid: str) -> None:
         """The in-flight record of ``uuid`` was acknowledged (or dropped): its next batch may go."""
         self._in_flight.pop(uuid, None)

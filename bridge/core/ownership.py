@@ -42,6 +42,7 @@ class Ownership:
         self._listed_at: int | None = None
         self._dropped: dict[Verdict, int] = {v: 0 for v in Verdict if v is not Verdict.PUBLISH}
         self._generation = 0
+        self._yielded: list[str] = []
 
     def on_event(self, uuid: str, event: DomainEvent) -> Verdict:
         """Decide one event; call for every event, in arrival order."""
@@ -51,9 +52,13 @@ class Ownership:
             if not queued and (event.id != "LIFECYCLE" or event.type not in FIRST_TYPES):
                 self._dropped[Verdict.DROP_STALE] += 1
                 return Verdict.DROP_STALE
+        had = self._holds(uuid)
+        if self._known is not None:
             self._known.add(uuid)
         role, verdict = transition(self._roles.get(uuid), event_kind(event))
         self._set(uuid, role)
+        if had and not self.owns(uuid):
+            self._yielded.append(uuid)
         if verdict is not Verdict.PUBLISH:
             self._dropped[verdict] += 1
         return verdict
@@ -68,11 +73,15 @@ class Ownership:
         job as read with the state; it only matters for ``PAUSED/MIGRATION`` (see the module doc),
         and ``NONE``, the default, means libvirt shows no migration for the domain.
         """
+        had = self._holds(uuid)
         role = listed_role(self._roles.get(uuid), state, reason, active, job)
         self._set(uuid, role)
         if self._known is not None:
             self._known.add(uuid)
-        return role is None or role is Role.POSTCOPY_IN
+        owned = role is None or role is Role.POSTCOPY_IN
+        if had and not owned:
+            self._yielded.append(uuid)
+        return owned
 
     def revoke_claim(self, uuid: str) -> None:
         """A claim whose snapshot, read after it, shows the domain not running here (and no stop among
@@ -98,6 +107,20 @@ class Ownership:
         role = self._roles.get(uuid)
         return role is None or role is Role.POSTCOPY_IN
 
+    def holds(self, uuid: str) -> bool:
+        """Owned *and* on this host: listed by the latest full listing or named by an event since
+        (False before the first listing). Only such a domain is this host's to publish again when
+        another host asks (:class:`bridge.signals.ReassertSignal`)."""
+        return self._known is not None and uuid in self._known and self.owns(uuid)
+
+    def take_yielded(self) -> list[str]:
+        """UUIDs this host held and stopped owning since the last call, in order (each once per
+        yield): a hand-off, an incoming migration of a domain a listing had taken for ours, a claim
+        given back. Its records of them may still land after the new owner's; the caller asks the
+        owner to publish again once its own are acknowledged."""
+        out, self._yielded = self._yielded, []
+        return out
+
     def remembered(self) -> dict[str, str]:
         """What to persist: role value by UUID for every UUID not plainly owned."""
         return {uuid: role.value for uuid, role in self._roles.items()}
@@ -111,6 +134,11 @@ class Ownership:
     def dropped(self) -> Mapping[Verdict, int]:
         """Dropped events so far, by reason."""
         return dict(self._dropped)
+
+    def _holds(self, uuid: str) -> bool:
+        # Before the first listing every UUID an event names counts: a restarted agent's predecessor
+        # may have published it.
+        return (self._known is None or uuid in self._known) and self.owns(uuid)
 
     def _set(self, uuid: str, role: Role | None) -> None:
         if self._roles.get(uuid) is role:

@@ -328,24 +328,37 @@ class Soak:
                                  f"{self.context()}") from None
         return time.monotonic() - began
 
-    def assert_versions_rise(self) -> int:
-        """Per UUID, in log order (one key, one partition), versions rise strictly across hosts; keys seen."""
+    def assert_last_word_is_newest(self) -> tuple[int, int]:
+        """Per UUID (one key, one partition) the last record in the log has the highest version, so
+        compaction keeps the newest word; (keys seen, records that landed behind a newer one).
+
+        Versions rise strictly in log order too, but for records of two producers that crossed in
+        flight (an old owner's last record behind the new owner's claim): Kafka orders one producer
+        only. The old owner then asks the new one to publish again (bridge.agent.reassert), which is
+        what keeps the last word right; the crossings are counted and printed.
+        """
         per_key: dict[bytes, list[tuple[int, str, int, str, str | None, str | None, list[str]]]] = {}
         for raw, rec in self.env.log():
             if rec is not None and raw.key is not None:
                 labels = [f"{e.type}/{e.detail}" if e.id == "LIFECYCLE" else e.id for e in rec.events]
                 per_key.setdefault(raw.key, []).append(
                     (raw.offset, rec.host, rec.version, rec.name, rec.state, rec.reason, labels))
-        bad = {k.decode(): v for k, v in per_key.items() if any(b[2] <= a[2] for a, b in pairwise(v))}
+        crossed = {k.decode(): v for k, v in per_key.items() if any(b[2] <= a[2] for a, b in pairwise(v))}
+        same_host = {k: v for k, v in crossed.items() if any(b[2] <= a[2] and a[1] == b[1] for a, b in pairwise(v))}
+        stale_last = {k: v for k, v in crossed.items() if v[-1][2] != max(r[2] for r in v)}
+        bad = {**same_host, **stale_last}
         if bad:
             names = {r[3] for v in bad.values() for r in v}
             steps = [s for s in self.steps if any(n in s or "SIGKILL" in s or "restart" in s for n in names)]
             raise AssertionError(
-                "versions not strictly increasing per UUID in the log "
+                "a key's versions fall within one host's records, or its last record is not its newest "
                 f"(offset, host, version, name, state, reason, events): {bad}\n"
                 "steps of those domains, agent kills and libvirtd restarts:\n" + "\n".join(steps)
                 + f"\n{self.context(0)}")
-        return len(per_key)
+        if crossed:
+            print(f"fleet soak: records of two hosts crossed in flight (healed by re-assertion): {crossed}",
+                  flush=True)
+        return len(per_key), sum(sum(b[2] <= a[2] for a, b in pairwise(v)) for v in crossed.values())
 
     def assert_views_agree(self) -> None:
         fresh = {u: (r.host, r.version)
@@ -387,17 +400,10 @@ def test_random_fleet_soak(env: FleetEnv) -> None:
         settled_s = time.monotonic() - soak.started - loop_s
         view_s = soak.wait_view_exact()
         soak.assert_views_agree()
-        try:
-            keys = soak.assert_versions_rise()
-        except AssertionError as exc:
-            # Product bug, reported on issue 8: an agent restarted just before a migration can append
-            # its RESYNC record after the other host's claim, with a lower version (timing-dependent:
-            # seed 2 hits it in some runs). The view checks above stay strict.
-            pytest.xfail(f"known bug (issue 8): a resync record listed before a hand-off lands after the "
-                         f"other host's claim: {exc}")
+        keys, crossed = soak.assert_last_word_is_newest()
         live = len(soak.live())
         print(f"fleet soak: seed {seed}, {len(soak.steps)} steps in {loop_s:.1f}s {soak.counts}, "
               f"{len(soak.errors)} libvirt errors; agents settled in {settled_s:.1f}s, view exact in {view_s:.1f}s "
-              f"({live} live guests, {keys} UUIDs in the log)", flush=True)
+              f"({live} live guests, {keys} UUIDs in the log, {crossed} crossed records)", flush=True)
     finally:
         soak.close()

@@ -858,3 +858,78 @@ def test_a_claim_the_snapshot_contradicts_is_revoked_and_the_source_keeps_the_ta
     assert not dest.owns("d")
     # The failure notice that follows keeps it silent.
     assert dest.on_event("d", DomainEvent("LIFECYCLE", 3, "STOPPED", "FAILED")) is not Verdict.PUBLISH
+
+
+# -- yielding: who asks the new owner to have the last word (bridge.agent.reassert) --------------------
+
+
+def listed_hosts(*hosts: str) -> Fleet:
+    """A fleet whose agents have each done a first, empty listing (so a never-seen UUID is not held)."""
+    f = Fleet(*hosts)
+    for own in f.own.values():
+        own.forget_absent(set())
+    return f
+
+
+def test_a_migration_yields_at_the_source_once_and_never_at_a_destination_that_never_held_it():
+    f = listed_hosts("A", "B")
+    start_on(f, "A")
+    migrate_success(f, "A", "B", persist_dest=True)
+    assert f.own["A"].take_yielded() == [U]  # SUSPENDED/MIGRATED; STOPPED/MIGRATED after it is no second
+    assert f.own["B"].take_yielded() == []
+    assert f.own["A"].take_yielded() == [], "taken once"
+    assert f.own["B"].holds(U) and not f.own["A"].holds(U)
+
+
+def test_an_aborted_migration_yields_nowhere():
+    f = listed_hosts("A", "B")
+    start_on(f, "A")
+    f.has_copy.add("B")
+    f.feed("B", "STARTED/MIGRATED")
+    f.feed("A", "MIGRATION_ITERATION")
+    f.feed("B", "STOPPED/FAILED")
+    assert (f.own["A"].take_yielded(), f.own["B"].take_yielded()) == ([], [])
+
+
+def test_a_destination_whose_listing_held_the_incoming_domain_yields_when_the_migration_shows():
+    # The soak's case: a restarted destination lists the incoming domain before its STARTED/MIGRATED (a
+    # shut-off definition, no job yet), owns it and publishes a RESYNC record for it.
+    own = Ownership()
+    assert own.on_listed(U, "SHUTOFF", "UNKNOWN", active=False)
+    own.forget_absent({U})
+    assert own.take_yielded() == []
+    assert own.on_event(U, ev("STARTED/MIGRATED")) is DI
+    assert own.take_yielded() == [U]
+
+
+def test_a_postcopy_destination_that_fails_after_its_claim_yields():
+    f = listed_hosts("A", "B")
+    start_on(f, "A")
+    f.has_copy.add("B")
+    f.feed("B", "STARTED/MIGRATED")
+    f.feed("A", "SUSPENDED/POSTCOPY")
+    f.feed("B", "RESUMED/POSTCOPY")
+    f.own["A"].take_yielded()
+    assert f.own["B"].take_yielded() == []
+    f.feed("B", "STOPPED/FAILED")
+    assert f.own["B"].take_yielded() == [U]
+    assert f.feed("A", "SUSPENDED/POSTCOPY_FAILED") == [P]  # the take-back, whose host re-asserts it
+
+
+def test_a_listing_that_finds_a_held_domain_handed_off_yields_it():
+    own = Ownership()
+    own.on_listed(U, "RUNNING", "BOOTED", active=True)
+    own.forget_absent({U})
+    assert own.on_listed(U, "SHUTOFF", "MIGRATED", active=False) is False  # the agent missed the switch-over
+    assert own.take_yielded() == [U]
+    assert not own.holds(U)
+
+
+def test_nothing_is_held_before_the_first_listing():
+    own = Ownership()
+    assert not own.holds(U)
+    own.on_listed(U, "RUNNING", "BOOTED", active=True)
+    own.forget_absent({U})
+    assert own.holds(U)
+    own.forget_absent(set())
+    assert not own.holds(U), "gone from the host"

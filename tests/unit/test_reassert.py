@@ -1,0 +1,174 @@
+"""Re-assertion across hosts (:mod:`bridge.agent.reassert`), over a fake host and producer behind the real
+publisher: a host that hands a domain off asks its owner to publish it again only once its own record
+of it is acknowledged; the host that holds a domain answers such a request with a record versioned as
+a claim; nobody else does. The same across real hosts and a real cluster: ``tests/fleet``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import pytest
+
+from bridge.agent.pipeline import Pipeline
+from bridge.agent.pipeline_config import PipelineConfig
+from bridge.agent.publisher import Message, Publisher
+from bridge.agent.snapshot import SnapshotReader
+from bridge.agent.state_store import StateStore
+from bridge.agent.work_queue import WorkQueue
+from bridge.core.version_clock import wall_clock_micros
+from bridge.errors import DecodeError
+from bridge.records import DomainEvent, DomainRecord, HostRecord, RecordKind
+from bridge.signals import ReassertSignal, ResyncSignal, decode_signal
+from devenv import wait_until
+from tests.fakes import FakeConnection, FakeDomain, FakeProducer, FakeSession, Produced, decode
+from tests.fakes.records import AGENT, CODEC, DOMAINS, HOSTS, uuid_of
+
+CONTROL = "libvirt.control"
+SKEW = 0.05
+CONFIG = PipelineConfig(host="hv1", domains_topic=DOMAINS, hosts_topic=HOSTS, resync_interval=3600,
+                        heartbeat_interval=3600, snapshot_readers=2, max_clock_skew=SKEW, control_topic=CONTROL)
+
+
+@dataclass
+class Host:
+    pipeline: Pipeline
+    queue: WorkQueue
+    producer: FakeProducer
+    conn: FakeConnection
+
+    def signals(self) -> list[tuple[Produced, ReassertSignal]]:
+        out = []
+        for m in self.producer.produced:
+            if m.topic == CONTROL:
+                signal = decode_signal(m.key, m.value)
+                assert isinstance(signal, ReassertSignal)
+                out.append((m, signal))
+        return out
+
+    def records(self, start: int = 0) -> list[tuple[Produced, DomainRecord]]:
+        out = []
+        for m in self.producer.produced[start:]:
+            if m.topic == DOMAINS and m.value is not None:
+                payload = decode(Message(m.topic, m.key, m.value, tuple(m.headers)))  # type: ignore[arg-type]
+                assert isinstance(payload, DomainRecord)
+                out.append((m, payload))
+        return out
+
+    def event(self, uuid: str, type_: str, detail: str) -> None:
+        self.queue.add_event(uuid, f"vm-{uuid[-2:]}", DomainEvent("LIFECYCLE", wall_clock_micros(), type_, detail))
+
+    def settle(self) -> None:
+        """Wait for the start-up resync's inventory and acknowledge everything so far."""
+        self.producer.wait_produced(2)
+        self.producer.ack_all()
+
+        def inventory() -> bool:
+            self.producer.ack_all()
+            for m in self.producer.produced:
+                if m.topic == HOSTS and m.value is not None:
+                    payload = decode(Message(m.topic, m.key, m.value, tuple(m.headers)))  # type: ignore[arg-type]
+                    if isinstance(payload, HostRecord) and payload.resync_id:
+                        return True
+            return False
+        wait_until(inventory, timeout=5, what="the start-up inventory", interval=0.01)
+        self.producer.ack_all()
+
+
+@pytest.fixture
+def host(tmp_path) -> Iterator[Host]:
+    conn = FakeConnection([FakeDomain(uuid_of(1), "vm-01")])
+    producer = FakeProducer(auto_ack=False)
+    publisher = Publisher({}, max_retry_backoff=0.05, producer_factory=producer.factory)
+    publisher.start()
+    store = StateStore(tmp_path / "state")
+    queue = WorkQueue(wall_clock_micros)
+    session = FakeSession(conn)
+    pipeline = Pipeline(CONFIG, queue, session, SnapshotReader(session, wall_clock_micros), store, publisher,
+                        CODEC, lambda: AGENT, wall_clock_micros)
+    pipeline.start()
+    try:
+        yield Host(pipeline, queue, producer, conn)
+    finally:
+        pipeline.stop()
+        publisher.stop()
+        store.close()
+
+
+def quiet_window() -> None:
+    time.sleep(0.3)  # a window in which nothing may happen (a negative check), not a wait for a condition
+
+
+def test_a_source_asks_for_re_assertion_only_after_its_last_record_is_acknowledged(host):
+    domain = uuid_of(1)
+    host.settle()
+    host.event(domain, "SUSPENDED", "PAUSED")  # owned: a record, left in flight
+    in_flight = host.producer.wait_produced(len(host.producer.produced) + 1)[-1]
+    ((_m, last),) = host.records(in_flight.index)
+    host.event(domain, "SUSPENDED", "MIGRATED")  # the hand-off, queued behind that record
+    quiet_window()
+    assert host.signals() == [], "asked before the source's own record was acknowledged"
+
+    host.producer.ack(in_flight.index)
+    wait_until(host.signals, timeout=5, what="the re-assertion request", interval=0.01)
+    ((message, signal),) = host.signals()
+    assert message.index > in_flight.index
+    assert (signal.uuid, signal.requested_by) == (domain, "hv1")
+    assert message.key == f"domain/{domain}".encode()
+    assert signal.requested_at >= last.version - int(SKEW * 1e6)
+    assert not host.pipeline.ownership.owns(domain)
+    host.producer.ack_all()
+    quiet_window()
+    assert len(host.signals()) == 1, "one request per hand-off"
+
+
+def test_the_host_that_holds_the_domain_publishes_it_again_ahead_by_the_clock_bound(host):
+    domain = uuid_of(1)
+    host.settle()
+    start = len(host.producer.produced)
+    asked_at = wall_clock_micros()
+    host.pipeline.reasserter.requested(ReassertSignal.new(domain, asked_at, "hv2"))
+    wait_until(lambda: host.records(start), timeout=5, what="the re-asserted record", interval=0.01)
+    ((_m, record),) = host.records(start)
+    assert record.kind is RecordKind.RESYNC and record.host == "hv1" and record.state == "RUNNING"
+    assert record.version >= asked_at + int(SKEW * 1e6), "not versioned as a claim"
+    assert host.pipeline.reasserter.answered == 1
+
+
+def test_a_request_for_a_domain_not_held_here_or_sent_by_this_host_is_ignored(host):
+    host.settle()
+    start = len(host.producer.produced)
+    host.pipeline.reasserter.requested(ReassertSignal.new(uuid_of(9), wall_clock_micros(), "hv2"))  # not here
+    host.pipeline.reasserter.requested(ReassertSignal.new(uuid_of(1), wall_clock_micros(), "hv1"))  # our own
+    quiet_window()
+    assert host.records(start) == []
+    assert host.pipeline.reasserter.answered == 0
+
+
+def test_a_handed_off_domain_is_not_published_again_on_request(host):
+    domain = uuid_of(1)
+    host.settle()
+    host.event(domain, "SUSPENDED", "MIGRATED")
+    wait_until(host.signals, timeout=5, what="the re-assertion request", interval=0.01)
+    host.producer.ack_all()
+    start = len(host.producer.produced)
+    host.pipeline.reasserter.requested(ReassertSignal.new(domain, wall_clock_micros(), "hv2"))
+    quiet_window()
+    assert host.records(start) == []
+
+
+def test_signals_round_trip_and_bad_ones_name_the_problem():
+    reassert = ReassertSignal.new(uuid_of(3), 17, "hv2")
+    assert decode_signal(reassert.key(), reassert.value()) == reassert
+    resync = ResyncSignal.new("hv1", 18, "ops")
+    assert decode_signal(resync.key(), resync.value()) == resync
+    with pytest.raises(DecodeError, match="sent under key"):
+        decode_signal(b"domain/" + uuid_of(4).encode(), reassert.value())
+    bad = replace(reassert, uuid="Not-A-UUID")
+    with pytest.raises(DecodeError, match="not a lower-case domain UUID"):
+        decode_signal(bad.key(), bad.value())
+    with pytest.raises(DecodeError, match="valid 'requested_at'"):
+        decode_signal(None, json.dumps({"type": "reassert", "uuid": uuid_of(1), "id": "x"}).encode())
