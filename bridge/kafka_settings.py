@@ -17,7 +17,8 @@ class KafkaSettings:
     """Where the topics live and how to reach them."""
 
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
-    topic: str = "libvirt.domains"
+    domains_topic: str = "libvirt.domains"
+    """The domains topic (the ``--topic`` option, ``topic`` in a config file)."""
     hosts_topic: str = "libvirt.hosts"
     kafka_config: dict[str, str] = field(default_factory=dict)
     """librdkafka settings passed through (``security.protocol``, ``sasl.*``, ``ssl.*``…); secret values
@@ -27,7 +28,7 @@ class KafkaSettings:
     """SchemaRegistryClient settings (``basic.auth.user.info``, ``ssl.*``…); secret values masked in repr."""
 
     def __repr__(self) -> str:
-        return (f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, topic={self.topic!r}, "
+        return (f"KafkaSettings(bootstrap_servers={self.bootstrap_servers!r}, domains_topic={self.domains_topic!r}, "
                 f"hosts_topic={self.hosts_topic!r}, kafka_config={masked(self.kafka_config)!r}, "
                 f"schema_registry_url={masked_url(self.schema_registry_url)!r}, "
                 f"schema_registry_config={masked(self.schema_registry_config)!r})")
@@ -36,7 +37,7 @@ class KafkaSettings:
     def from_values(cls, values: dict[str, Any]) -> KafkaSettings:
         return cls(
             bootstrap_servers=values["bootstrap_servers"],
-            topic=values["topic"],
+            domains_topic=values["topic"],
             hosts_topic=values["hosts_topic"],
             kafka_config=dict(values.get("kafka_config") or {}),
             schema_registry_url=values.get("schema_registry_url"),
@@ -60,4 +61,4 @@ class KafkaSettings:
             registry = connect_registry(self.schema_registry_url, self.schema_registry_config)
         elif self.schema_registry_config:
             raise UserError("--schema-registry-config is set but --schema-registry-url is not")
-        return RecordCodec(registry, self.topic, self.hosts_topic)
+        return RecordCodec(registry, self.domains_topic, self.hosts_topic)

@@ -105,7 +105,7 @@ class Agent:
             self._session.start()
             self._agent_info = AgentInfo(self.instance_id, __version__, self._session.libvirt_version())
             self._pipeline = Pipeline(
-                PipelineConfig(s.host_id, s.kafka.topic, s.kafka.hosts_topic, s.resync_interval,
+                PipelineConfig(s.host_id, s.kafka.domains_topic, s.kafka.hosts_topic, s.resync_interval,
                                s.heartbeat_interval, max_clock_skew=s.max_clock_skew,
                                control_topic=s.control_topic or None),
                 self._queue, self._session, SnapshotReader(self._session, self._now), self._store,
@@ -125,7 +125,7 @@ class Agent:
             self._teardown()
             raise
         log.info("agent %s publishing host %s from %s to %s (topics %s, %s); %d event types registered",
-                 self.instance_id[:8], s.host_id, s.libvirt_uri, s.kafka.bootstrap_servers, s.kafka.topic,
+                 self.instance_id[:8], s.host_id, s.libvirt_uri, s.kafka.bootstrap_servers, s.kafka.domains_topic,
                  s.kafka.hosts_topic, len(capture.registered))
 
     def stop(self) -> bool:
@@ -268,7 +268,7 @@ class Agent:
             # acks=all only protects what min.insync.replicas replicas hold: with RF 3, require 2 so
             # losing one broker loses no acknowledged record (a stock broker defaults to 1).
             extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
-            topics = {k.topic: self.settings.partitions, k.hosts_topic: min(3, self.settings.partitions)}
+            topics = {k.domains_topic: self.settings.partitions, k.hosts_topic: min(3, self.settings.partitions)}
             if self.settings.control_topic:
                 topics[self.settings.control_topic] = 1  # a signal per target host, compacted: tiny
             ensure_compacted_topics(

@@ -45,7 +45,7 @@ def topic_checks(admin: AdminClient, s: AgentSettings) -> Iterator[Result]:
         return
     brokers = len(meta.brokers)
     need_ms = int(TOMBSTONE_RESYNCS * s.resync_interval * 1000)
-    for topic in (k.topic, k.hosts_topic):
+    for topic in (k.domains_topic, k.hosts_topic):
         name = f"topic {topic}"
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:

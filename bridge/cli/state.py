@@ -88,7 +88,7 @@ def open_synced_informer(values: dict[str, Any]) -> Informer:
         if not informer.wait_for_sync(timeout):
             reason = informer.last_error or "still reading"
             raise UserError(
-                f"no complete view of {settings.topic} and {settings.hosts_topic} at "
+                f"no complete view of {settings.domains_topic} and {settings.hosts_topic} at "
                 f"{settings.bootstrap_servers} within {timeout:g} s: {reason} "
                 f"(--sync-timeout waits longer)")
     except ConsumerError as exc:

@@ -74,8 +74,8 @@ def execute(args: argparse.Namespace) -> int:
         raise UserError(f"invalid Kafka client setting in {KAFKA_CONFIG_PLACES}: "
                         f"{error_text(exc, client_config)}") from None
     try:
-        _assign(consumer, [kafka.topic, kafka.hosts_topic], args.from_beginning, problems, client_config)
-        decoder = MessageDecoder(kafka.codec(), kafka.topic, kafka.hosts_topic)
+        _assign(consumer, [kafka.domains_topic, kafka.hosts_topic], args.from_beginning, problems, client_config)
+        decoder = MessageDecoder(kafka.codec(), kafka.domains_topic, kafka.hosts_topic)
         return _loop(consumer, decoder, values, as_json, args.no_xml, stop, sys.stdout, client_config)
     finally:
         consumer.close()

@@ -87,7 +87,7 @@ class Informer:
             position = resume.position
         self._start_position = position
         self._view = View(store, position, history, clock)
-        self._fanout = Fanout(self._view, lambda: self.failure, settings.topic)
+        self._fanout = Fanout(self._view, lambda: self.failure, settings.domains_topic)
         self._lock = threading.Lock()
         self._lifecycle = Lifecycle.NEW
         self._stop = threading.Event()
@@ -114,7 +114,7 @@ class Informer:
                 raise RuntimeError(f"informer already {self._lifecycle.value}; create a new one")
         codec = self._codec or self._settings.codec()
         reflector = Reflector(
-            self._client_config, codec, domain_topic=self._settings.topic,
+            self._client_config, codec, domains_topic=self._settings.domains_topic,
             hosts_topic=self._settings.hosts_topic,
             sink=lambda batch: self._view.apply(batch, self._fanout.publish), start=self._start_position,
             consumer_factory=self._consumer_factory,
@@ -123,7 +123,7 @@ class Informer:
         with self._lock:
             self._reflector = reflector
             self._thread = threading.Thread(
-                target=self._run_reflector, name=f"informer-reflector:{self._settings.topic}", daemon=True)
+                target=self._run_reflector, name=f"informer-reflector:{self._settings.domains_topic}", daemon=True)
         self._thread.start()
         self._fanout.start()
 

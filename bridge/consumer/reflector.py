@@ -68,14 +68,14 @@ ConsumerFactory = Callable[[dict[str, Any]], KafkaConsumer]
 
 
 class Reflector:
-    """Reads ``domain_topic`` and ``hosts_topic`` into ``sink`` (see the module doc)."""
+    """Reads ``domains_topic`` and ``hosts_topic`` into ``sink`` (see the module doc)."""
 
     def __init__(
         self,
         client_config: Mapping[str, Any],
         codec: RecordCodec,
         *,
-        domain_topic: str,
+        domains_topic: str,
         hosts_topic: str,
         sink: Sink,
         start: Position | None = None,
@@ -85,10 +85,10 @@ class Reflector:
         max_backoff: float = 10.0,
         consumer_factory: ConsumerFactory = Consumer,
     ) -> None:
-        if domain_topic == hosts_topic:
-            raise UserError(f"the domains and hosts topics must differ (both are {domain_topic!r})")
-        self._decoder = MessageDecoder(codec, domain_topic, hosts_topic)
-        self._domain_topic = domain_topic
+        if domains_topic == hosts_topic:
+            raise UserError(f"the domains and hosts topics must differ (both are {domains_topic!r})")
+        self._decoder = MessageDecoder(codec, domains_topic, hosts_topic)
+        self._domains_topic = domains_topic
         self._hosts_topic = hosts_topic
         self._sink = sink
         # Mutable during a poll (one update per message); a Position is built once per batch.
@@ -175,7 +175,7 @@ class Reflector:
         timeout = min(1.0, self._request_timeout)
         while not stop.is_set():
             try:
-                partitions = list_partitions(self._consumer, (self._domain_topic, self._hosts_topic), timeout,
+                partitions = list_partitions(self._consumer, (self._domains_topic, self._hosts_topic), timeout,
                                              self._settings)
                 self._targets = high_watermarks(self._consumer, partitions, timeout, self._settings)
             except NotReady as exc:
@@ -193,7 +193,7 @@ class Reflector:
             self._set_error(None)
             self._connected = True
             log.info("reading %s and %s (%d partitions) from %s; sync target %s",
-                     self._domain_topic, self._hosts_topic, len(partitions),
+                     self._domains_topic, self._hosts_topic, len(partitions),
                      Position(self._next).encode() or "the beginning",
                      Position(self._targets).encode() or "(empty topics)")
             self._deliver(())  # topics that are empty (or a start past the targets) are synced already
@@ -245,7 +245,7 @@ class Reflector:
         if not self._synced:
             self._synced = all(self._next.get(key, 0) >= high for key, high in self._targets.items())
             if self._synced:
-                log.info("synced: read %s up to the high watermarks seen at start", self._domain_topic)
+                log.info("synced: read %s up to the high watermarks seen at start", self._domains_topic)
         self._sink(Batch(messages, Position(self._next), self._synced))
 
     def _decode(self, source: Offset, key: bytes | None, value: bytes | None,

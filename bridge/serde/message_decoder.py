@@ -49,15 +49,15 @@ class Decoded:
 class MessageDecoder:
     """Decodes the messages of one pair of topics (domains, hosts)."""
 
-    def __init__(self, codec: RecordCodec, domain_topic: str, hosts_topic: str) -> None:
+    def __init__(self, codec: RecordCodec, domains_topic: str, hosts_topic: str) -> None:
         self._codec = codec
-        self._domain_topic = domain_topic
+        self._domains_topic = domains_topic
         self._hosts_topic = hosts_topic
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = None) -> Decoded:
         """The payload of one message; raises DecodeError naming why it is not one of ours."""
         _check_cloud_event_type(headers)
-        if topic == self._domain_topic:
+        if topic == self._domains_topic:
             if value is None:
                 return Decoded(DomainTombstone(_tombstone_key(key, uuid=True)))
             domain = self._codec.decode_domain(value, key)
@@ -67,7 +67,7 @@ class MessageDecoder:
                 return Decoded(HostTombstone(_tombstone_key(key, uuid=False)))
             host = self._codec.decode_host(value, key)
             return Decoded(host.record, host.read_as)
-        raise DecodeError(f"topic {topic} is neither {self._domain_topic} nor {self._hosts_topic}")
+        raise DecodeError(f"topic {topic} is neither {self._domains_topic} nor {self._hosts_topic}")
 
 
 def _check_cloud_event_type(headers: Headers) -> None:

@@ -64,10 +64,10 @@ class RecordCodec:
     def __init__(
         self,
         registry: Any | None = None,
-        domain_topic: str = "libvirt.domains",
+        domains_topic: str = "libvirt.domains",
         hosts_topic: str = "libvirt.hosts",
     ) -> None:
-        self._domain = _TopicCodec("domain_record", domain_schema(), registry, f"{domain_topic}-value")
+        self._domain = _TopicCodec("domain_record", domain_schema(), registry, f"{domains_topic}-value")
         self._host = _TopicCodec("host_record", host_schema(), registry, f"{hosts_topic}-value")
 
     def encode_domain(self, record: DomainRecord) -> bytes:

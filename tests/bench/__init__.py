@@ -292,7 +292,7 @@ class BenchEnv:
 # -- the agent -------------------------------------------------------------------------------------
 
 
-def start_agent(env: BenchEnv, name: str, topic: str, hosts_topic: str, *, timeout: float = 60.0) -> Any:
+def start_agent(env: BenchEnv, name: str, domains_topic: str, hosts_topic: str, *, timeout: float = 60.0) -> Any:
     """The real agent (``python -m bridge run``) as a subprocess, started and through its first resync.
 
     Logs at INFO (the tests' helper logs DEBUG, which would cost the agent time per event). Returns a
@@ -301,7 +301,7 @@ def start_agent(env: BenchEnv, name: str, topic: str, hosts_topic: str, *, timeo
     from tests.support.agent_proc import AgentProcess  # noqa: PLC0415
 
     workdir = env.dir(name)
-    agent = AgentProcess(workdir, env.test_uri, env.bootstrap, topic, hosts_topic, host_id="bench",
+    agent = AgentProcess(workdir, env.test_uri, env.bootstrap, domains_topic, hosts_topic, host_id="bench",
                          state_dir=workdir / "state")
     agent.args[agent.args.index("--log-level") + 1] = "INFO"
     progress(f"{name}: starting the agent (python -m bridge run --libvirt-uri {env.test_uri} --partitions 3 ...)")

@@ -173,11 +173,11 @@ def run(env: BenchEnv, churn_domains: int = CHURN_DOMAINS, burst_domains: int = 
     result = BenchResult(NAME, TITLE, params={
         "churn_domains": churn_domains, "churn_events": 2 * churn_domains, "burst_domains": burst_domains,
         "partitions": 3, "agent_log_level": "INFO"})
-    topic, hosts_topic = unique_topics(NAME)
-    agent = start_agent(env, NAME, topic, hosts_topic)
+    domains_topic, hosts_topic = unique_topics(NAME)
+    agent = start_agent(env, NAME, domains_topic, hosts_topic)
     tag = uuid_mod.uuid4().hex[:6]
     try:
-        with TopicTail(env.bootstrap, topic) as tail:
+        with TopicTail(env.bootstrap, domains_topic) as tail:
             churn = _phase(env, "churn", agent, tail, 2 * churn_domains, "tight", f"tput-{tag}",
                            count=churn_domains)
             define = _phase(env, "define burst", agent, tail, burst_domains, "pool-define", f"burst-{tag}",

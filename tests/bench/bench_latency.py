@@ -262,8 +262,8 @@ def _peer_phase(env: BenchEnv, peer: PeerPipe, prefix: str, names: dict[str, str
 def run(env: BenchEnv, rates: tuple[int, ...] = RATES, seconds: float = SECONDS) -> BenchResult:
     result = BenchResult(NAME, TITLE, params={"pool": POOL, "rates": list(rates), "seconds_per_rate": seconds,
                                               "cycle": "create, suspend, resume, destroy", "partitions": 3})
-    topic, hosts_topic = unique_topics(NAME)
-    agent = start_agent(env, NAME, topic, hosts_topic)
+    domains_topic, hosts_topic = unique_topics(NAME)
+    agent = start_agent(env, NAME, domains_topic, hosts_topic)
     prefix = f"lat-{uuid_mod.uuid4().hex[:6]}"
     workdir = env.dir(NAME)
     phases: list[dict[str, Any]] = []
@@ -272,7 +272,7 @@ def run(env: BenchEnv, rates: tuple[int, ...] = RATES, seconds: float = SECONDS)
         progress(f"{NAME}: Kafka floor @{floor['rate']}/s: produce -> visible p50 {floor['p50']:.2f} ms "
                  f"p99 {floor['p99']:.2f} ms")
     try:
-        with TopicTail(env.bootstrap, topic) as tail:
+        with TopicTail(env.bootstrap, domains_topic) as tail:
             progress(f"{NAME}: defining a pool of {POOL} domains")
             run_generator("pool-define", env.test_uri, prefix, pool=POOL)
             tail.wait(lambda t: t.events >= POOL, TIMEOUT, f"the pool's {POOL} DEFINED events",

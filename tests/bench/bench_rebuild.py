@@ -93,7 +93,7 @@ def _records(count: int, versions: int) -> Any:
             )
 
 
-def _produce(env: BenchEnv, topic: str, hosts_topic: str, count: int, versions: int) -> dict[str, Any]:
+def _produce(env: BenchEnv, domains_topic: str, hosts_topic: str, count: int, versions: int) -> dict[str, Any]:
     from confluent_kafka import Producer  # noqa: PLC0415
     from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
 
@@ -101,11 +101,11 @@ def _produce(env: BenchEnv, topic: str, hosts_topic: str, count: int, versions: 
     from bridge.serde import RecordCodec  # noqa: PLC0415
 
     admin = AdminClient({"bootstrap.servers": env.bootstrap})
-    futures = admin.create_topics([NewTopic(topic, PARTITIONS, 1, config={"cleanup.policy": "compact"}),
+    futures = admin.create_topics([NewTopic(domains_topic, PARTITIONS, 1, config={"cleanup.policy": "compact"}),
                                    NewTopic(hosts_topic, 1, 1, config={"cleanup.policy": "compact"})])
     for f in futures.values():
         f.result(30)
-    codec = RecordCodec(None, topic, hosts_topic)
+    codec = RecordCodec(None, domains_topic, hosts_topic)
     # The agent's settings, with a longer linger for bulk loading; "coordinator load in progress" while
     # a fresh broker settles is retried by librdkafka, not worth a warning line.
     producer = Producer(producer_config({"bootstrap.servers": env.bootstrap, "linger.ms": "50", "log_level": "3"}))
@@ -124,7 +124,7 @@ def _produce(env: BenchEnv, topic: str, hosts_topic: str, count: int, versions: 
         value_bytes += len(value)
         while True:
             try:
-                producer.produce(topic, key=record.uuid.encode(), value=value, on_delivery=on_delivery)
+                producer.produce(domains_topic, key=record.uuid.encode(), value=value, on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -181,14 +181,15 @@ def _raw_consume(env: BenchEnv, topic: str, expected: int) -> dict[str, Any]:
             "decode_seconds": round(decode_s, 3)}
 
 
-def _informer(env: BenchEnv, topic: str, hosts_topic: str, expected: int, domains: int) -> dict[str, Any] | None:
+def _informer(env: BenchEnv, domains_topic: str, hosts_topic: str, expected: int,
+              domains: int) -> dict[str, Any] | None:
     """Time an Informer from start() to synced; None if the consumer library is not there yet."""
     try:
         from bridge.consumer import Informer  # noqa: PLC0415
         from bridge.kafka_settings import KafkaSettings  # noqa: PLC0415
     except ImportError:
         return None
-    settings = KafkaSettings(bootstrap_servers=env.bootstrap, topic=topic, hosts_topic=hosts_topic)
+    settings = KafkaSettings(bootstrap_servers=env.bootstrap, domains_topic=domains_topic, hosts_topic=hosts_topic)
     progress(f"{NAME}: Informer sync from the beginning of {expected:,} records")
     t = time.monotonic()
     with Informer(settings) as informer:
@@ -209,10 +210,10 @@ def run(env: BenchEnv, domains: int = DOMAINS, versions: int = VERSIONS) -> Benc
     total = domains * versions
     result = BenchResult(NAME, TITLE, params={"records": total, "domains": domains, "versions_per_domain": versions,
                                               "partitions": PARTITIONS})
-    topic, hosts_topic = unique_topics(NAME)
-    produced = _produce(env, topic, hosts_topic, domains, versions)
-    raw = _raw_consume(env, topic, total)
-    informer = _informer(env, topic, hosts_topic, total, domains)
+    domains_topic, hosts_topic = unique_topics(NAME)
+    produced = _produce(env, domains_topic, hosts_topic, domains, versions)
+    raw = _raw_consume(env, domains_topic, total)
+    informer = _informer(env, domains_topic, hosts_topic, total, domains)
     result.add("rebuild_raw_records_per_s", "rebuild: raw consume + decode", raw["records_per_s"], "records/s",
                f"a bare consumer reads {total:,} DomainRecords (~{produced['avg_value_bytes']} B each, zstd) from the "
                "beginning of 3 partitions and decodes each with RecordCodec: the floor for a Python reader")

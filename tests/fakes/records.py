@@ -8,7 +8,7 @@ from bridge.serde import RecordCodec, cloud_events
 DOMAINS = "libvirt.domains"
 HOSTS = "libvirt.hosts"
 AGENT = AgentInfo("agent-1", "test", "9.0.0")
-CODEC = RecordCodec(domain_topic=DOMAINS, hosts_topic=HOSTS)
+CODEC = RecordCodec(domains_topic=DOMAINS, hosts_topic=HOSTS)
 
 
 def uuid_of(n: int) -> str:

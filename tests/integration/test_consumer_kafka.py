@@ -86,7 +86,7 @@ class Topics:
         ])
         for future in futures.values():
             future.result(30)
-        self.codec = RecordCodec(domain_topic=self.domains, hosts_topic=self.hosts)
+        self.codec = RecordCodec(domains_topic=self.domains, hosts_topic=self.hosts)
         self._producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
                                    "enable.idempotence": True, "linger.ms": 0})
         self._errors: list[str] = []
@@ -351,7 +351,7 @@ def test_missing_topic_is_retried_and_reported(kafka: Any) -> None:
     settings = KafkaSettings(kafka.bootstrap_servers, f"missing.{uuid_mod.uuid4().hex[:8]}", "missing.hosts")
     with Informer(settings) as informer:
         assert not informer.wait_for_sync(1.5)
-        assert informer.last_error is not None and settings.topic in informer.last_error
+        assert informer.last_error is not None and settings.domains_topic in informer.last_error
 
 
 # -- the commands ------------------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ def test_a_healthy_setup_passes_next_to_its_running_agent(kafka, libvirt_host, a
     assert result.returncode == 0, out + result.stderr
     assert not lines(result, "FAIL"), out
     for check in ("libvirt: connected to", "read-only", "libvirt events: 27 of the 27", "kafka: 1 broker(s)",
-                  f"topic {agent.topic} cleanup.policy: compact", f"topic {agent.hosts_topic} cleanup.policy: compact",
-                  f"topic {agent.topic} delete.retention.ms: 86400000 ms >= {TOMBSTONE_RESYNCS} x",
+                  f"topic {agent.domains_topic} cleanup.policy: compact",
+                  f"topic {agent.hosts_topic} cleanup.policy: compact",
+                  f"topic {agent.domains_topic} delete.retention.ms: 86400000 ms >= {TOMBSTONE_RESYNCS} x",
                   "no clock ahead of this host's by more than --max-clock-skew 50 ms (1 heartbeat(s)"):
         assert check in out, out
     # The running agent holds the state directory's lock: said, with what to do, but not a failure.

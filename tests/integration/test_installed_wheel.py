@@ -97,8 +97,9 @@ def test_every_command_runs_from_the_installed_wheel(venv: Path, tmp_path: Path,
     where = _run([str(venv / "bin" / "python"), "-c", "import bridge; print(bridge.__file__)"], outside, clean_env)
     assert where.stdout.strip().startswith(str(venv))
 
-    topic, hosts_topic = unique_topics("wheel")
-    kafka_args = ["--bootstrap-servers", kafka.bootstrap_servers, "--topic", topic, "--hosts-topic", hosts_topic]
+    domains_topic, hosts_topic = unique_topics("wheel")
+    kafka_args = ["--bootstrap-servers", kafka.bootstrap_servers, "--topic", domains_topic,
+                  "--hosts-topic", hosts_topic]
     log = (tmp_path / "agent.log").open("wb")
     agent = subprocess.Popen(
         [exe, "run", "--libvirt-uri", libvirt_host.test_uri, *kafka_args, "--host-id", "wheel-host",

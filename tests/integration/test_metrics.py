@@ -160,7 +160,7 @@ def test_metrics_match_the_records_on_the_topic_after_a_churn(kafka, metrics_hos
     assert st["records_by_kind"] == by_label(s, "records_published_total", "kind")
 
     # The consumer library's collector, over a view read from the same topics.
-    with Informer(KafkaSettings(bootstrap_servers=kafka.bootstrap_servers, topic=topics[0],
+    with Informer(KafkaSettings(bootstrap_servers=kafka.bootstrap_servers, domains_topic=topics[0],
                                 hosts_topic=topics[1])) as informer:
         assert informer.wait_for_sync(timeout=60)
         registry = CollectorRegistry()

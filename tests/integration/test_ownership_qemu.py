@@ -129,7 +129,7 @@ def wait_published(agent: AgentProcess, recs: list[EventRecorder], uuid: str, wh
     def caught_up() -> bool:
         agent.check_alive()
         try:
-            records = by_uuid(decode_log(read_all(agent.bootstrap, agent.topic))).get(uuid, [])
+            records = by_uuid(decode_log(read_all(agent.bootstrap, agent.domains_topic))).get(uuid, [])
         except KafkaException:  # a topic the agent just created may have no leader yet
             return False
         state["published"] = lifecycle(published_events(records))
@@ -145,7 +145,7 @@ def wait_published(agent: AgentProcess, recs: list[EventRecorder], uuid: str, wh
 def fleet_state(agent: AgentProcess) -> list[dict]:
     out = subprocess.run(
         [sys.executable, "-m", "bridge", "state", "--output", "json", "--bootstrap-servers", agent.bootstrap,
-         "--topic", agent.topic, "--hosts-topic", agent.hosts_topic],
+         "--topic", agent.domains_topic, "--hosts-topic", agent.hosts_topic],
         capture_output=True, text=True, timeout=60, check=True)
     return json.loads(out.stdout)
 
@@ -155,7 +155,7 @@ def assert_running_here(agent: AgentProcess, conn: libvirt.virConnect, uuid: str
     dom = conn.lookupByUUIDString(uuid)
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     wait_published(agent, recs, uuid, "every lifecycle event published once")
-    records = sorted(by_uuid(decode_log(read_all(agent.bootstrap, agent.topic)))[uuid], key=lambda r: r.version)
+    records = sorted(by_uuid(decode_log(read_all(agent.bootstrap, agent.domains_topic)))[uuid], key=lambda r: r.version)
     assert (records[-1].host, records[-1].state) == (HOST, "RUNNING")
     published = lifecycle(published_events(records))
     assert published[-len(since_restore):] == since_restore

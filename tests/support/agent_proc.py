@@ -24,7 +24,7 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: floa
 class AgentProcess:
     """``libvirt-kafka-bridge run`` in a subprocess with its own state dir and log file."""
 
-    def __init__(self, workdir: Path, libvirt_uri: str, bootstrap: str, topic: str, hosts_topic: str,
+    def __init__(self, workdir: Path, libvirt_uri: str, bootstrap: str, domains_topic: str, hosts_topic: str,
                  host_id: str = "host1", extra: list[str] | None = None, env: dict[str, str] | None = None,
                  state_dir: Path | None = None) -> None:
         self.workdir = workdir
@@ -32,12 +32,12 @@ class AgentProcess:
         safe = urllib.parse.quote(host_id, safe="")
         self.state_dir = state_dir or workdir / f"state-{safe}"
         self.bootstrap = bootstrap
-        self.topic = topic
+        self.domains_topic = domains_topic
         self.hosts_topic = hosts_topic
         self.host_id = host_id
         self.args = [
             sys.executable, "-m", "bridge", "--log-level", "DEBUG", "run",
-            "--libvirt-uri", libvirt_uri, "--bootstrap-servers", bootstrap, "--topic", topic,
+            "--libvirt-uri", libvirt_uri, "--bootstrap-servers", bootstrap, "--topic", domains_topic,
             "--hosts-topic", hosts_topic, "--host-id", host_id, "--state-dir", str(self.state_dir),
             # status.json is what tests wait on (never the log's wording): written every 200 ms.
             "--heartbeat-interval", "1s", "--partitions", "3", "--status-interval", "200ms",

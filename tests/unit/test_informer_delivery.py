@@ -35,7 +35,7 @@ def record_partition(record: DomainRecord) -> int:
 
 @pytest.fixture
 def informer(log: FakeConsumer) -> Iterator[Informer]:
-    informer = Informer(KafkaSettings(topic=DOMAINS, hosts_topic=HOSTS), codec=CODEC,
+    informer = Informer(KafkaSettings(domains_topic=DOMAINS, hosts_topic=HOSTS), codec=CODEC,
                         consumer_factory=log.factory)
     yield informer
     informer.stop(timeout=5)

@@ -53,7 +53,7 @@ def put_domain(consumer: FakeConsumer, record: DomainRecord, partition: int = 0)
 @contextmanager
 def reading(consumer: FakeConsumer, batch_size: int = 500) -> Iterator[tuple[Reflector, Batches]]:
     sink = Batches()
-    reflector = Reflector({}, CODEC, domain_topic=DOMAINS, hosts_topic=HOSTS, sink=sink, batch_size=batch_size,
+    reflector = Reflector({}, CODEC, domains_topic=DOMAINS, hosts_topic=HOSTS, sink=sink, batch_size=batch_size,
                           poll_timeout=0.01, consumer_factory=consumer.factory)
     stop = threading.Event()
     thread = threading.Thread(target=reflector.run, args=(stop,), daemon=True)
