@@ -83,7 +83,8 @@ class Informer:
         if resume is None:
             store, position = Store(stale_after_intervals), Position()
         else:
-            store = Store.restore(resume.domains, resume.hosts, resume.deleted, stale_after_intervals)
+            store = Store.restore(resume.domains, resume.hosts, graveyard=resume.deleted,
+                                  stale_after_intervals=stale_after_intervals)
             position = resume.position
         self._start_position = position
         self._view = View(store, position, history, clock)

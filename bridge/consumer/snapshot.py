@@ -25,9 +25,7 @@ class Snapshot:
     ``stale_hosts`` were judged at ``taken_at`` (microseconds since the epoch): their domains' state
     may be outdated, since those agents stopped reporting. ``unreachable_hosts`` said
     ``LIBVIRT_UNREACHABLE`` in their latest HostRecord: their agents run but cannot see libvirt. The
-    domains of both are *unknown*: kept in the view, flagged, never deleted for it. ``deleted`` is the
-    graveyard (uuid -> the highest version seen for a domain no longer in the view); a resumed
-    informer needs it.
+    domains of both are *unknown*: kept in the view, flagged, never deleted for it.
     """
 
     domains: Mapping[str, DomainRecord]
@@ -38,6 +36,8 @@ class Snapshot:
     stale_hosts: frozenset[str] = frozenset()
     unreachable_hosts: frozenset[str] = frozenset()
     deleted: Mapping[str, int] = field(default_factory=dict)
+    """The graveyard (README glossary): uuid -> the highest version seen for a domain no longer in the
+    view, which a resumed informer restores so an older record cannot bring the domain back."""
 
     def __post_init__(self) -> None:
         # Read-only views of private copies: a snapshot never changes after it is taken.
