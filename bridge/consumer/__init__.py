@@ -8,14 +8,14 @@ Modelled on client-go's ``tools/cache``, one concept per module:
 - :mod:`~bridge.consumer.store` is the pure reconciliation core: newest version wins, ``DELETED`` and
   tombstones remove, host inventories repair missed deletes, stale and unreachable hosts are flagged;
 - :mod:`~bridge.consumer.view` holds the store, the position it reflects and the recent changes
-  (:mod:`~bridge.consumer.history`), and applies each of the reflector's batches atomically;
+  (:mod:`~bridge.consumer.history`), and applies each of the reflector's poll batches atomically;
 - :mod:`~bridge.consumer.delivery` fans changes out to readers (handlers, iterators), merged per
   domain while a reader lags (:mod:`~bridge.consumer.changes`);
 - :mod:`~bridge.consumer.informer` wires them together and owns the threads;
   :mod:`~bridge.consumer.metrics` exposes its counters to Prometheus.
 
 Thread map: ``informer-reflector:<topic>`` (owned by the :class:`Informer`) reads Kafka and applies
-batches to the view under the view's lock, then queues the changes under the fan-out's lock (always in
+poll batches to the view under the view's lock, then queues the changes under the fan-out's lock (always in
 that order); ``informer-handler-N:<topic>`` (one per :meth:`Informer.add_handler`, owned by the
 fan-out) takes changes from its own queue and calls the handlers; any caller's thread may read the
 view (:meth:`Informer.list`, :meth:`Informer.get`) or iterate a :class:`Watch`.

@@ -1,4 +1,4 @@
-"""What the reflector hands its sink (the view): batches of decoded messages, and how it fails."""
+"""What the reflector hands its sink (the view): poll batches of decoded messages, and how it fails."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class KafkaAccessError(ConsumerError):
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class ConsumedMessage:
     """One decoded message and where it was read."""
 
     payload: Payload
@@ -29,17 +29,17 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
+class PollBatch:
     """What one poll produced: the decoded messages, the position after them, and whether every
     partition has now been read up to the high watermark seen at start (stays True once reached)."""
 
-    messages: tuple[Message, ...]
+    messages: tuple[ConsumedMessage, ...]
     position: Position
     synced: bool
 
 
-Sink = Callable[[Batch], None]
-"""Receives batches, in order, on the reflector's thread."""
+Sink = Callable[[PollBatch], None]
+"""Receives poll batches, in order, on the reflector's thread."""
 
 
 @dataclass(frozen=True, slots=True)

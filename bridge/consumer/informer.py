@@ -3,7 +3,7 @@
 It wires three parts together and owns the threads that serve them:
 
 - the :class:`~bridge.consumer.view.View` (store, position, recent changes), to which the reflector
-  thread applies each batch atomically, so a :meth:`Informer.list` snapshot always matches the
+  thread applies each poll batch atomically, so a :meth:`Informer.list` snapshot always matches the
   position it reports;
 - the :class:`~bridge.consumer.reflector.Reflector`, run on the ``informer-reflector`` thread;
 - the :class:`~bridge.consumer.delivery.Fanout`, one queue per reader and one thread per handler

@@ -25,10 +25,10 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from bridge.consumer.batch import (
-    Batch,
+    ConsumedMessage,
     ConsumerError,
     KafkaAccessError,
-    Message,
+    PollBatch,
     ReflectorCounters,
     Sink,
 )
@@ -40,8 +40,8 @@ from bridge.kafka_problems import KAFKA_CONFIG_PLACES, KafkaProblem, diagnose, e
 from bridge.logging_setup import librdkafka_logger
 from bridge.serde import MessageDecoder, Payload, ReadAs, RecordCodec
 
-__all__ = ["Batch", "ConsumerError", "ConsumerFactory", "KafkaAccessError", "KafkaConsumer", "Message", "Reflector",
-           "ReflectorCounters", "Sink"]
+__all__ = ["ConsumedMessage", "ConsumerError", "ConsumerFactory", "KafkaAccessError", "KafkaConsumer", "PollBatch",
+           "Reflector", "ReflectorCounters", "Sink"]
 from bridge.serde.message_decoder import Headers
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Reflector:
         self._domains_topic = domains_topic
         self._hosts_topic = hosts_topic
         self._sink = sink
-        # Mutable during a poll (one update per message); a Position is built once per batch.
+        # Mutable during a poll (one update per message); a Position is built once per poll batch.
         self._next: dict[tuple[str, int], int] = dict(start) if start is not None else {}
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
@@ -211,7 +211,7 @@ class Reflector:
         except KafkaException as exc:
             self._set_error(f"consume failed: {error_text(exc, self._settings)}")
             return
-        messages: list[Message] = []
+        messages: list[ConsumedMessage] = []
         moved = False
         if raw and any(m.error() is None for m in raw):
             self._set_error(None)  # reading works again
@@ -230,7 +230,7 @@ class Reflector:
             moved |= self._advance(source.topic, source.partition, source.offset + 1)
             payload = self._decode(source, msg.key(), msg.value(), msg.headers())
             if payload is not None:
-                messages.append(Message(payload, source))
+                messages.append(ConsumedMessage(payload, source))
         if messages or moved:
             self._deliver(tuple(messages))
 
@@ -241,12 +241,12 @@ class Reflector:
         self._next[key] = next_offset
         return True
 
-    def _deliver(self, messages: tuple[Message, ...]) -> None:
+    def _deliver(self, messages: tuple[ConsumedMessage, ...]) -> None:
         if not self._synced:
             self._synced = all(self._next.get(key, 0) >= high for key, high in self._targets.items())
             if self._synced:
                 log.info("synced: read %s up to the high watermarks seen at start", self._domains_topic)
-        self._sink(Batch(messages, Position(self._next), self._synced))
+        self._sink(PollBatch(messages, Position(self._next), self._synced))
 
     def _decode(self, source: Offset, key: bytes | None, value: bytes | None,
                 headers: Headers) -> Payload | None:

@@ -1,9 +1,9 @@
-"""The view: the store, the position it reflects, the recent changes, and applying the reader's batches.
+"""The view: the store, the position it reflects, the recent changes, and applying the reader's poll batches.
 
-One :class:`View` per informer. The reflector thread applies each batch atomically (:meth:`View.apply`):
-a snapshot (:meth:`View.snapshot`) never sees half a batch, and always matches the position it
-reports. The delivery fan-out subscribes through :meth:`View.subscribe`, which runs while no batch is
-being applied, so what a new reader is given (the synced view as adds, or the changes after a
+One :class:`View` per informer. The reflector thread applies each poll batch atomically (:meth:`View.apply`):
+a snapshot (:meth:`View.snapshot`) never sees half a poll batch, and always matches the position it
+reports. The delivery fan-out subscribes through :meth:`View.subscribe`, which runs while no poll batch
+is being applied, so what a new reader is given (the synced view as adds, or the changes after a
 position) and what it gets next never overlap or leave a gap.
 
 ``_cond`` (a Condition) guards ``_store``, ``_position``, ``_history``, ``_synced`` and ``counters``.
@@ -19,7 +19,7 @@ from typing import TypeVar
 from bridge.consumer.changes import Change, ChangeCause, ChangeType
 from bridge.consumer.history import ChangeHistory
 from bridge.consumer.position import Position
-from bridge.consumer.reflector import Batch
+from bridge.consumer.reflector import PollBatch
 from bridge.consumer.snapshot import Snapshot
 from bridge.consumer.store import Outcome, Store
 from bridge.records import DomainRecord, HostRecord
@@ -65,10 +65,10 @@ class View:
 
     # -- the reflector's side ----------------------------------------------------------------------
 
-    def apply(self, batch: Batch, deliver: Callable[[list[Change], list[Change] | None], None]) -> None:
-        """Apply one batch atomically, then ``deliver(changes, initial_adds)`` still inside it.
+    def apply(self, batch: PollBatch, deliver: Callable[[list[Change], list[Change] | None], None]) -> None:
+        """Apply one poll batch atomically, then ``deliver(changes, initial_adds)`` still inside it.
 
-        ``initial_adds`` is the whole view as ADDED changes when this batch made the view synced,
+        ``initial_adds`` is the whole view as ADDED changes when this poll batch made the view synced,
         else None: readers that waited for the sync start from it.
         """
         changes: list[Change] = []
@@ -105,7 +105,7 @@ class View:
     # -- readers -----------------------------------------------------------------------------------
 
     def subscribe(self, join: Callable[[bool], T]) -> T:
-        """Run ``join(synced)`` between batches, so a new reader's start lines up with the next batch."""
+        """Run ``join(synced)`` between poll batches, so a new reader's start lines up with the next one."""
         with self._cond:
             return join(self._synced)
 

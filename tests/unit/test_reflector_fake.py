@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from confluent_kafka import KafkaError
 
-from bridge.consumer.reflector import Batch, Reflector
+from bridge.consumer.reflector import PollBatch, Reflector
 from bridge.records import DomainRecord
 from devenv import wait_until
 from tests.fakes import FakeConsumer
@@ -20,16 +20,16 @@ class Batches:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self.all: list[Batch] = []
+        self.all: list[PollBatch] = []
 
-    def __call__(self, batch: Batch) -> None:
+    def __call__(self, batch: PollBatch) -> None:
         with self._cond:
             self.all.append(batch)
             self._cond.notify_all()
 
-    def wait_for(self, test: Callable[[Batch], bool], timeout: float = 5.0) -> Batch:
+    def wait_for(self, test: Callable[[PollBatch], bool], timeout: float = 5.0) -> PollBatch:
         with self._cond:
-            found: list[Batch] = []
+            found: list[PollBatch] = []
 
             def seen() -> bool:
                 found[:] = [b for b in self.all if test(b)]
