@@ -156,7 +156,7 @@ class LibvirtSession:
             )
             try:
                 retrying(self._reconnect_once)
-            except _Stopped:
+            except _SessionStopped:
                 return
             self.reconnects += 1
             log.info("reconnected to %s (reconnect #%d)", self.uri, self.reconnects)
@@ -164,7 +164,7 @@ class LibvirtSession:
 
     def _reconnect_once(self) -> None:
         if self._stop.is_set():
-            raise _Stopped
+            raise _SessionStopped
         with self._lock:
             old, self._dead = self._dead, None
         if old is not None:
@@ -178,7 +178,7 @@ class LibvirtSession:
 
     def _interruptible_sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):
-            raise _Stopped
+            raise _SessionStopped
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -187,8 +187,8 @@ class LibvirtSession:
                     self.uri, state.attempt_number, one_line(exc), wait)
 
 
-class _Stopped(Exception):
-    pass
+class _SessionStopped(Exception):
+    """Raised in the reconnect loop when :meth:`LibvirtSession.stop` was called: stop retrying."""
 
 
 def one_line(exc: BaseException | None) -> str:

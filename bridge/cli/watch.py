@@ -49,12 +49,12 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(execute=execute)
 
 
-class _Stopped(Exception):
+class _WatchStopped(Exception):
     """Raised in the main thread by SIGINT/SIGTERM to end the watch."""
 
 
 def _on_signal(_signum: int, _frame: FrameType | None) -> None:
-    raise _Stopped
+    raise _WatchStopped
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -66,7 +66,7 @@ def execute(args: argparse.Namespace) -> int:
     try:
         informer = open_synced_informer(values)
         _Printer(args.output == "json", args.host, args.state).run(informer)
-    except (_Stopped, BrokenPipeError):
+    except (_WatchStopped, BrokenPipeError):
         pass
     except ConsumerError as exc:
         raise UserError(str(exc)) from None
