@@ -28,7 +28,7 @@ from bridge.agent.signal_listener import SignalListener
 from bridge.agent.snapshot import SnapshotReader
 from bridge.agent.state_store import StateStore
 from bridge.agent.status import AgentStatus, Threaded, threads_health, write_status_file
-from bridge.agent.topics import admin_client, check_reachable, ensure_compacted_topics, serve_logs
+from bridge.agent.topics import prepare_topics
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.version_clock import Clock, wall_clock_micros
 from bridge.errors import UserError
@@ -94,7 +94,8 @@ class Agent:
             self._lock_state_dir()
             self._start_http()
             self._store = StateStore(s.state_dir)
-            self._prepare_kafka()
+            prepare_topics(s.kafka, partitions=s.partitions, replication_factor=s.replication_factor,
+                           control_topic=s.control_topic, timeout=s.kafka_connect_timeout)
             codec = s.kafka.codec()
             self._publisher = Publisher(s.kafka.client_config())
             self._publisher.start()
@@ -258,25 +259,6 @@ class Agent:
                 self._pipeline.reasserter.requested(signal)
         else:
             self._request_resync(signal.id)
-
-    def _prepare_kafka(self) -> None:
-        k = self.settings.kafka
-        admin = admin_client(k.client_config())
-        try:
-            brokers = check_reachable(admin, k.bootstrap_servers, self.settings.kafka_connect_timeout)
-            rf = self.settings.replication_factor or min(3, brokers)
-            # acks=all only protects what min.insync.replicas replicas hold: with RF 3, require 2 so
-            # losing one broker loses no acknowledged record (a stock broker defaults to 1).
-            extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
-            topics = {k.domains_topic: self.settings.partitions, k.hosts_topic: min(3, self.settings.partitions)}
-            if self.settings.control_topic:
-                topics[self.settings.control_topic] = 1  # a signal per target host, compacted: tiny
-            ensure_compacted_topics(
-                admin, topics, rf,
-                extra_config=extra, timeout=max(10.0, self.settings.kafka_connect_timeout),
-            )
-        finally:
-            serve_logs(admin)
 
     def _lock_state_dir(self) -> None:
         d = self.settings.state_dir

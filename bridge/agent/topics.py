@@ -1,4 +1,4 @@
-"""Creating the compacted topics, and refusing topics that are not compacted."""
+"""The agent's topics: creating them compacted, and refusing topics that are not compacted."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 
 from bridge.errors import UserError
 from bridge.kafka_problems import KAFKA_CONFIG_PLACES, ProblemWatcher, error_text
+from bridge.kafka_settings import KafkaSettings
 from bridge.logging_setup import librdkafka_logger
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,26 @@ def check_reachable(admin: AdminClient, bootstrap: str, timeout: float) -> int:
     raise UserError(
         f"cannot reach Kafka at --bootstrap-servers {bootstrap} within {timeout:g}s: {error_text(failure, config)}"
     )
+
+
+def prepare_topics(kafka: KafkaSettings, *, partitions: int, replication_factor: int | None,
+                   control_topic: str | None, timeout: float) -> None:
+    """Before the agent starts: Kafka reachable within ``timeout``, and the domains, hosts and (if set)
+    control topics present and compacted, created if missing. ``replication_factor`` None means
+    min(3, number of brokers). UserError for anything the user must fix."""
+    admin = admin_client(kafka.client_config())
+    try:
+        brokers = check_reachable(admin, kafka.bootstrap_servers, timeout)
+        rf = replication_factor or min(3, brokers)
+        # acks=all only protects what min.insync.replicas replicas hold: with RF 3, require 2 so
+        # losing one broker loses no acknowledged record (a stock broker defaults to 1).
+        extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
+        topics = {kafka.domains_topic: partitions, kafka.hosts_topic: min(3, partitions)}
+        if control_topic:
+            topics[control_topic] = 1  # a signal per target host, compacted: tiny
+        ensure_compacted_topics(admin, topics, rf, extra_config=extra, timeout=max(10.0, timeout))
+    finally:
+        serve_logs(admin)
 
 
 def ensure_compacted_topics(
