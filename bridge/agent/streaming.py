@@ -87,15 +87,9 @@ class Streamer:
         self._cfg = config
         self._queue = queue
         self._reader = reader
-        self._store = store
-        self._publisher = publisher
-        self._codec = codec
-        self._clock = clock
         self._ownership = ownership
         self._resync = resync
         self._stats = stats
-        self._agent_info = agent_info
-        self._now = now
         self._save_roles = save_roles
         self._sleep = sleep
         self._observer = observer
