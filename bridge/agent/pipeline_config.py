@@ -76,9 +76,10 @@ class SnapshotSource(Protocol):
     """Where snapshots come from (:class:`bridge.agent.snapshot.SnapshotReader`); called from the
     ``snapshot-reader`` threads, but :meth:`forget`."""
 
-    def read(self, uuid: str) -> DomainSnapshot | None:
+    def read(self, uuid: str, *, with_job: bool = False) -> DomainSnapshot | None:
         """The domain now, or None if libvirt says it does not exist; raises ConnectionLost or
-        ``libvirt.libvirtError`` (both retried)."""
+        ``libvirt.libvirtError`` (both retried). ``with_job``: a ``PAUSED/MIGRATION`` domain's snapshot
+        carries its migration job too."""
 
     def forget(self, uuid: str) -> None:
         """The domain is gone (a DELETED record is being published)."""

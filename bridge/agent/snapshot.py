@@ -51,6 +51,8 @@ class DomainSnapshot:
     persistent: bool
     xml: str
     observed_at: int
+    job: ListedJob | None = None
+    """The migration job, read only when asked for and the domain is ``PAUSED/MIGRATION``."""
 
 
 # The root element's attributes and the first <name> (the domain's: it comes before any device's).
@@ -108,17 +110,22 @@ class SnapshotReader:
                     self._handles[uuid] = dom
         return dom
 
-    def read(self, uuid: str) -> DomainSnapshot | None:
+    def read(self, uuid: str, *, with_job: bool = False) -> DomainSnapshot | None:
         """The domain's snapshot, or None when libvirt says it does not exist.
 
+        ``with_job``: also read the migration job if the domain is ``PAUSED/MIGRATION`` (a listing's
+        ownership decision, checked again; see :func:`migration_job`, which can take seconds).
         Raises ConnectionLost when the connection broke, so the work can be retried after reconnect.
         """
         conn = self._session.connection()
+        job = None
         try:
             dom = self._handle(conn, uuid)
             xml = dom.XMLDesc(0)
             state, reason = dom.state()
             persistent = bool(dom.isPersistent())
+            if with_job and (state, reason) == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION):
+                job = migration_job(dom)
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
             if code in _GONE:
@@ -138,6 +145,7 @@ class SnapshotReader:
             persistent=persistent,
             xml=xml,
             observed_at=self._now(),
+            job=job,
         )
 
 

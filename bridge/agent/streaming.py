@@ -10,10 +10,10 @@ For each batch (at most one record in flight per domain, see :mod:`bridge.core.c
 3. version, persist and produce: :mod:`bridge.agent.record_writer`.
 
 It is a pipeline, not a sequence of rounds: a batch's read is handed to a reader the moment the batch
-is taken, every finished read wakes the pipeline thread (:meth:`WorkQueue.post_result`), and all the
-reads finished by then are versioned together, covered by the persisted version bound (an fsync
-only when the lease needs renewing; while it syncs, the readers go on) and produced. No read waits for a slower
-one, and a ``Domain not found`` retry waits parked, off every thread, until its backoff is due.
+is taken, every finished read wakes the pipeline thread (:meth:`WorkQueue.post_result`), and the reads
+finished by then are versioned together, covered by the persisted version bound (an fsync only when
+the lease needs renewing; the readers go on meanwhile) and produced. No read waits for a slower one;
+a ``Domain not found`` retry waits parked, off every thread, until its backoff is due.
 
 Owned by the pipeline; runs on its thread, but for the snapshot reads.
 """
@@ -66,24 +66,11 @@ class _Read:
 class Streamer:
     """Turns batches into records; owns the ``snapshot-reader`` pool (closed by :meth:`close`)."""
 
-    def __init__(
-        self,
-        config: PipelineConfig,
-        queue: WorkQueue,
-        reader: SnapshotSource,
-        store: StateStore,
-        publisher: RecordSink,
-        codec: RecordCodec,
-        clock: VersionClock,
-        ownership: Ownership,
-        resync: Resync,
-        stats: PipelineStats,
-        agent_info: Callable[[], AgentInfo],
-        now: Clock,
-        save_roles: Callable[[], None],
-        sleep: Callable[[float], object],
-        observer: PipelineObserver | None = None,
-    ) -> None:
+    def __init__(self, config: PipelineConfig, queue: WorkQueue, reader: SnapshotSource, store: StateStore,
+                 publisher: RecordSink, codec: RecordCodec, clock: VersionClock, ownership: Ownership,
+                 resync: Resync, stats: PipelineStats, agent_info: Callable[[], AgentInfo], now: Clock,
+                 save_roles: Callable[[], None], sleep: Callable[[float], object],
+                 observer: PipelineObserver | None = None) -> None:
         self._cfg = config
         self._queue = queue
         self._reader = reader
@@ -172,7 +159,9 @@ class Streamer:
 
     def _read_task(self, read: _Read) -> None:
         try:
-            read.result = self._read(read.batch.uuid)
+            # A listing's record (no events) reads the job too, to check the listing's ownership decision
+            # (an incoming domain listed while its migration was prepared reads PAUSED/MIGRATION now).
+            read.result = self._read(read.batch.uuid, with_job=not read.batch.events)
         except Exception as exc:  # a bug: handed back, so the batch is not stuck in flight
             read.result = exc
         self._queue.post_result(read)
@@ -250,20 +239,24 @@ class Streamer:
                 self._stats.events_not_owned += len(filtered.events)
                 log.info("%d event(s) for %s were overtaken by its hand-off; not published",
                          len(filtered.events), batch.uuid)
-            self._resync.dropped(batch)
-            self._queue.done(batch.uuid)
+            self._drop(batch)
             return None
         if not filtered.events and batch.resync_id is None:
             self._queue.done(batch.uuid)
             return None
         return filtered
 
+    def _drop(self, batch: Batch) -> None:
+        """``batch`` gets no record: out of its resync's inventory, and its domain free for the next."""
+        self._resync.dropped(batch)
+        self._queue.done(batch.uuid)
+
     # -- the snapshot -------------------------------------------------------------------------------
 
-    def _read(self, uuid: str) -> DomainSnapshot | Exception | None:
+    def _read(self, uuid: str, with_job: bool) -> DomainSnapshot | Exception | None:
         started = time.monotonic()
         try:
-            return self._reader.read(uuid)
+            return self._reader.read(uuid, with_job=with_job)
         except (ConnectionLost, libvirt.libvirtError) as exc:
             return exc
         finally:
@@ -274,14 +267,17 @@ class Streamer:
         """The read (and any retry) of an owned batch is complete; None when nothing is to be published."""
         if snap is None and not batch.events:
             # Listed by a resync, gone before its record: its own events will report the delete.
-            self._resync.dropped(batch)
-            self._queue.done(batch.uuid)
+            self._drop(batch)
             return None
+        if snap is not None and snap.job is not None and not batch.events:
+            self._ownership.on_listed(batch.uuid, snap.state, snap.reason, snap.active, job=snap.job)
+            self._save_roles()
         if not self._ownership.owns(batch.uuid):
-            self._resync.dropped(batch)
-            self._queue.done(batch.uuid)
+            self._drop(batch)
             return None
-        if batch.uuid in self._writer.claims and snap is not None and claim_contradicted(batch.events, snap.active):
+        # The XML (active) and the state are two reads: a QEMU that dies between them reads active, SHUTOFF.
+        live = snap is not None and snap.active and snap.state not in ("SHUTOFF", "CRASHED")
+        if batch.uuid in self._writer.claims and snap is not None and claim_contradicted(batch.events, live):
             # The claim said "running here", the read after it says not: the migration failed in
             # between, and the source takes the domain back. This host's word must not outrank it.
             self._writer.claims.discard(batch.uuid)
@@ -290,7 +286,6 @@ class Streamer:
             self._stats.events_not_owned += len(batch.events)
             log.warning("claim of %s revoked: read %s/%s after %s; %d event(s) not published", batch.uuid,
                         snap.state, snap.reason, ", ".join(e.label() for e in batch.events), len(batch.events))
-            self._resync.dropped(batch)
-            self._queue.done(batch.uuid)
+            self._drop(batch)
             return None
         return batch, snap

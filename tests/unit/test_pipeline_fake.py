@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import libvirt
 import pytest
 
 from bridge.agent.pipeline import Pipeline
@@ -24,7 +25,7 @@ from bridge.core.version_clock import wall_clock_micros
 from bridge.records import DomainEvent, DomainRecord, HostRecord, HostStatus, RecordKind
 from bridge.serde import DomainTombstone, Payload
 from devenv import wait_until as devenv_wait_until
-from tests.fakes import FakeConnection, FakeDomain, FakeProducer, FakeSession, Produced, decode
+from tests.fakes import FakeConnection, FakeDomain, FakeProducer, FakeSession, Produced, decode, libvirt_error
 from tests.fakes.records import AGENT, CODEC, DOMAINS, HOSTS, uuid_of
 
 CONFIG = PipelineConfig(host="hv1", domains_topic=DOMAINS, hosts_topic=HOSTS, resync_interval=3600,
@@ -39,10 +40,10 @@ class CountingReader:
         self._lock = threading.Lock()
         self.reads: dict[str, int] = {}
 
-    def read(self, uuid: str) -> DomainSnapshot | None:
+    def read(self, uuid: str, *, with_job: bool = False) -> DomainSnapshot | None:
         with self._lock:
             self.reads[uuid] = self.reads.get(uuid, 0) + 1
-        return self._reader.read(uuid)
+        return self._reader.read(uuid, with_job=with_job)
 
     def forget(self, uuid: str) -> None:
         self._reader.forget(uuid)
@@ -234,3 +235,31 @@ def test_drain_and_stop_with_everything_acked_returns_at_once(agent, conn):
     assert time.monotonic() - began < 1.5
     _m, last = agent.payloads()[-1]
     assert isinstance(last, HostRecord) and last.status is HostStatus.STOPPING
+
+
+# -- a listing's ownership decision, checked again at the read ---------------------------------------------
+
+
+@manual_acks
+def test_a_listed_domain_that_reads_as_an_incoming_migration_is_not_published(agent, conn):
+    # The soak's case: a restarted destination lists the incoming domain while its migration is being
+    # prepared (shut off, no job yet) and owns it; by the read of its RESYNC record it is the paused
+    # incoming domain, whose job statistics libvirt refuses ("available only on the source host").
+    agent.producer.wait_produced(2)
+    agent.producer.ack_all()
+    agent.wait_for_inventory()
+    agent.producer.ack_all()
+    incoming = uuid_of(2)
+    dom = conn.add(FakeDomain(incoming, "vm-02", libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN))
+    start = len(agent.producer.produced)
+    # Listed shut off, read paused for the migration: the listing is made to see the first, the read the second.
+    agent.pipeline.ownership.on_listed(incoming, "SHUTOFF", "UNKNOWN", active=False)
+    dom.dom_state, dom.dom_reason = libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION
+    dom.job = libvirt_error(libvirt.VIR_ERR_OPERATION_UNSUPPORTED, "available only on the source host")
+    agent.queue.request_resync([incoming], "r-test")
+    wait_until(lambda: not agent.pipeline.ownership.owns(incoming), what="the read to make it incoming")
+    agent.producer.ack_all()
+    time.sleep(0.2)  # a window in which nothing may happen (a negative check), not a wait for a condition
+    records = [p for _m, p in agent.payloads(start) if isinstance(p, DomainRecord) and p.uuid == incoming]
+    assert records == [], f"published a RESYNC record for another host's incoming domain: {records}"
+    assert conn.count("jobStats", incoming) == 1
