@@ -277,7 +277,8 @@ class Streamer:
             return None
         # The XML (active) and the state are two reads: a QEMU that dies between them reads active, SHUTOFF.
         live = snap is not None and snap.active and snap.state not in ("SHUTOFF", "CRASHED")
-        if batch.uuid in self._writer.claims and snap is not None and claim_contradicted(batch.events, live):
+        provisional = batch.uuid in self._writer.claims or self._ownership.provisional(batch.uuid)
+        if provisional and snap is not None and claim_contradicted(batch.events, live):
             # The claim said "running here", the read after it says not: the migration failed in
             # between, and the source takes the domain back. This host's word must not outrank it.
             self._writer.claims.discard(batch.uuid)

@@ -88,7 +88,10 @@ class Ownership:
         the events explains it): the incoming migration failed between the claim and the read (a
         post-copy destination whose QEMU died). The host yields, silent, as for a failed incoming
         migration; the source takes the domain back. See :func:`claim_contradicted`."""
+        had = self._holds(uuid)
         self._set(uuid, Role.INCOMING)
+        if had:
+            self._yielded.append(uuid)  # its claim may have been published already (post-copy)
 
     def forget_absent(self, present: Collection[str], listed_at: int | None = None) -> None:
         """After a full listing (and its :meth:`on_listed` calls): ``present`` is every listed UUID.
@@ -106,6 +109,11 @@ class Ownership:
         """Whether this host would publish for ``uuid`` now (True for a UUID it knows nothing about)."""
         role = self._roles.get(uuid)
         return role is None or role is Role.POSTCOPY_IN
+
+    def provisional(self, uuid: str) -> bool:
+        """Owned only as a post-copy destination (``POSTCOPY_IN``): a read showing the domain not
+        running here contradicts it as it would a claim (:func:`claim_contradicted`)."""
+        return self._roles.get(uuid) is Role.POSTCOPY_IN
 
     def holds(self, uuid: str) -> bool:
         """Owned *and* on this host: listed by the latest full listing or named by an event since

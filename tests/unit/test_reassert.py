@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+import libvirt
 import pytest
 
 from bridge.agent.pipeline import Pipeline
@@ -172,3 +173,25 @@ def test_signals_round_trip_and_bad_ones_name_the_problem():
         decode_signal(bad.key(), bad.value())
     with pytest.raises(DecodeError, match="valid 'requested_at'"):
         decode_signal(None, json.dumps({"type": "reassert", "uuid": uuid_of(1), "id": "x"}).encode())
+
+
+def test_a_post_copy_destination_whose_domain_died_answers_no_request_and_yields(host):
+    # Recorded on the fleet: the source's request reached the destination after its QEMU died; its
+    # answer read SHUTOFF/CRASHED and, published, outranked the source's take-back.
+    domain = uuid_of(1)
+    host.settle()
+    before = len(host.producer.produced)
+    host.event(domain, "STARTED", "MIGRATED")
+    host.event(domain, "RESUMED", "POSTCOPY")  # a claim (role POSTCOPY_IN), published
+    wait_until(lambda: host.records(before), timeout=5, what="the claim", interval=0.01)
+    ((_m, claim),) = host.records(before)
+    assert [e.label() for e in claim.events] == ["RESUMED/POSTCOPY"] and host.pipeline.ownership.provisional(domain)
+    host.producer.ack_all()
+    dom = host.conn.lookupByUUIDString(domain)
+    dom.dom_state, dom.dom_reason = libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED
+    start = len(host.producer.produced)
+    host.pipeline.reasserter.requested(ReassertSignal.new(domain, wall_clock_micros(), "hv2"))
+    wait_until(lambda: not host.pipeline.ownership.owns(domain), timeout=5, what="the claim revoked",
+               interval=0.01)
+    wait_until(host.signals, timeout=5, what="its own request for re-assertion", interval=0.01)
+    assert host.records(start) == [], "published a record of a domain that no longer runs here"
