@@ -17,6 +17,15 @@ from bridge.logging_setup import librdkafka_logger
 
 log = logging.getLogger(__name__)
 
+MAX_COMPACTION_LAG_MS = {"domains": 3_600_000, "hosts": 600_000}
+"""``max.compaction.lag.ms`` the agent creates its topics with: how long a record may wait before the
+cleaner may compact it away. A stock broker never forces it and rolls a segment only after
+``segment.ms`` (7 days), and the active segment is never compacted, so a fresh consumer would read a
+week of records and of heartbeats (each repeats the host's inventory). With the lag set, the broker
+rolls the active segment once its first record is that old (KIP-354): what a fresh consumer reads is
+each key's latest message plus at most that much history. Heartbeats are most of the hosts topic,
+hence its shorter lag."""
+
 
 class Admin(AdminClient):
     """An admin client that remembers the security problems librdkafka reports (see ProblemWatcher)."""
@@ -91,9 +100,11 @@ def prepare_topics(kafka: KafkaSettings, *, partitions: int, replication_factor:
         # losing one broker loses no acknowledged record (a stock broker defaults to 1).
         extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
         topics = {kafka.domains_topic: partitions, kafka.hosts_topic: min(3, partitions)}
+        per_topic = {kafka.domains_topic: _lag_config("domains"), kafka.hosts_topic: _lag_config("hosts")}
         if control_topic:
-            topics[control_topic] = 1  # a signal per target host, compacted: tiny
-        ensure_compacted_topics(admin, topics, rf, extra_config=extra, timeout=max(10.0, timeout))
+            topics[control_topic] = 1  # a signal per target host or migrated domain, compacted: small
+        ensure_compacted_topics(admin, topics, rf, extra_config=extra, timeout=max(10.0, timeout),
+                                per_topic_config=per_topic)
     finally:
         serve_logs(admin)
 
@@ -104,14 +115,20 @@ def ensure_compacted_topics(
     replication_factor: int,
     extra_config: dict[str, str] | None = None,
     timeout: float = 30.0,
+    per_topic_config: dict[str, dict[str, str]] | None = None,
 ) -> None:
-    """Create missing ``{topic: partitions}`` as compacted topics; refuse existing non-compacted ones."""
+    """Create missing ``{topic: partitions}`` as compacted topics; refuse existing non-compacted ones.
+
+    ``extra_config`` goes to every created topic, ``per_topic_config[topic]`` to that one too. An
+    existing topic's settings are left alone (``doctor`` reports them).
+    """
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in topics if t not in existing]
     if missing:
         config = {"cleanup.policy": "compact", **(extra_config or {})}
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=topics[t], replication_factor=replication_factor, config=config)
+            [NewTopic(t, num_partitions=topics[t], replication_factor=replication_factor,
+                      config={**config, **(per_topic_config or {}).get(t, {})})
              for t in missing],
             operation_timeout=timeout, request_timeout=timeout,
         )
@@ -151,3 +168,7 @@ def _cleanup_policy(admin: AdminClient, topic: str, timeout: float) -> str:
         return retrying(describe)
     except KafkaException as exc:
         raise UserError(f"cannot read the configuration of topic {topic}: {exc.args[0].str()}") from None
+
+
+def _lag_config(kind: str) -> dict[str, str]:
+    return {"max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS[kind])}

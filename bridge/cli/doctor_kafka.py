@@ -14,9 +14,12 @@ from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaException,
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from bridge.agent.agent import AgentSettings
-from bridge.agent.topics import admin_client, check_reachable
+from bridge.agent.topics import MAX_COMPACTION_LAG_MS, admin_client, check_reachable
 from bridge.cli.doctor_result import FAIL, OK, SKIP, TOMBSTONE_RESYNCS, WARN, Result
 from bridge.errors import DecodeError, UserError
+
+_HISTORY_WARN_MS = 86_400_000  # a day of uncompacted history: more is worth a warning
+_LONG_MAX = 2**63 - 1
 
 
 def kafka_check(s: AgentSettings) -> tuple[AdminClient | None, Result]:
@@ -86,6 +89,22 @@ def topic_checks(admin: AdminClient, s: AgentSettings) -> Iterator[Result]:
         else:
             yield Result(OK, f"{name} delete.retention.ms", f"{retention} ms >= {TOMBSTONE_RESYNCS} x "
                          f"--resync-interval {interval}")
+        yield _compaction_lag_result(name, config, topic == k.hosts_topic, alter)
+
+
+def _compaction_lag_result(name: str, config: dict[str, str], hosts: bool, alter: str) -> Result:
+    """How much history a fresh consumer reads before it is compacted away (see MAX_COMPACTION_LAG_MS)."""
+    want = MAX_COMPACTION_LAG_MS["hosts" if hosts else "domains"]
+    lag, segment = config.get("max.compaction.lag.ms", ""), config.get("segment.ms", "")
+    bound = min(int(v) for v in (lag, segment) if v.isdigit()) if lag.isdigit() or segment.isdigit() else None
+    if bound is None or bound > _HISTORY_WARN_MS:
+        shown = lag if lag.isdigit() and int(lag) < _LONG_MAX else "unset"  # the broker's default: never
+        return Result(WARN, f"{name} max.compaction.lag.ms",
+                      f"{shown} (segment.ms {segment or 'unset'}): records wait that long before the "
+                      "cleaner may compact them, so a fresh consumer reads that much history"
+                      + (", every heartbeat with its host's inventory" if hosts else ""),
+                      f"{alter} max.compaction.lag.ms={want}")
+    return Result(OK, f"{name} max.compaction.lag.ms", f"history compacted within {bound} ms")
 
 
 def _replication_result(name: str, rf: int, brokers: int, min_isr_text: str | None, alter: str) -> Result:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bridge.agent.topics import MAX_COMPACTION_LAG_MS
 from bridge.cli.doctor_result import TOMBSTONE_RESYNCS
 from bridge.cli.run import TEST_CLOCK_OFFSET
 from tests.support.topics import create_compacted, unique_topics
@@ -42,12 +43,16 @@ def test_a_healthy_setup_passes_next_to_its_running_agent(kafka, libvirt_host, a
                   f"topic {agent.domains_topic} cleanup.policy: compact",
                   f"topic {agent.hosts_topic} cleanup.policy: compact",
                   f"topic {agent.domains_topic} delete.retention.ms: 86400000 ms >= {TOMBSTONE_RESYNCS} x",
+                  f"topic {agent.domains_topic} max.compaction.lag.ms: history compacted within "
+                  f"{MAX_COMPACTION_LAG_MS['domains']} ms",
+                  f"topic {agent.hosts_topic} max.compaction.lag.ms: history compacted within "
+                  f"{MAX_COMPACTION_LAG_MS['hosts']} ms",
                   "no clock ahead of this host's by more than --max-clock-skew 50 ms (1 heartbeat(s)"):
         assert check in out, out
     # The running agent holds the state directory's lock: said, with what to do, but not a failure.
     (in_use,) = [line for line in lines(result, "WARN") if "state dir" in line]
     assert "in use by a running agent" in in_use and "Fix:" in in_use
-    assert out.splitlines()[-1] == "doctor: 10 ok, 1 warning(s), 0 failed, 0 skipped", out
+    assert out.splitlines()[-1] == "doctor: 12 ok, 1 warning(s), 0 failed, 0 skipped", out
     assert "Traceback" not in result.stderr
 
     agent.terminate()
@@ -112,6 +117,13 @@ def test_a_too_short_delete_retention_fails_with_the_fix(kafka, libvirt_host, tm
     assert f"ok    topic {topics[1]} delete.retention.ms: 900000 ms >= 3 x --resync-interval 300s" in result.stdout
     shorter = doctor(*settings(kafka, topics, libvirt_host.test_uri, tmp_path / "state", "--resync-interval", "20s"))
     assert shorter.returncode == 0, shorter.stdout
+    # Topics made without a compaction lag keep a week of history for a fresh consumer: a warning, with the fix.
+    lag = [line for line in lines(shorter, "WARN") if "max.compaction.lag.ms" in line]
+    assert len(lag) == 2, shorter.stdout
+    assert "unset (segment.ms 604800000)" in lag[0] and "a fresh consumer reads that much history" in lag[0]
+    assert f"--entity-name {topics[0]} --add-config max.compaction.lag.ms={MAX_COMPACTION_LAG_MS['domains']}" in lag[0]
+    assert "every heartbeat with its host's inventory" in lag[1]
+    assert f"--add-config max.compaction.lag.ms={MAX_COMPACTION_LAG_MS['hosts']}" in lag[1]
 
 
 def test_bad_settings_exit_2_without_a_traceback(tmp_path):
