@@ -70,6 +70,13 @@ class Agent:
               detail: str | None = None) -> None:
         self.queue.add_event(uuid, f"vm-{uuid[-2:]}", DomainEvent(event_id, wall_clock_micros(), type_, detail))
 
+    def settle(self) -> None:
+        """Acknowledge the first HostRecord and the listing's RESYNC record, then the inventory."""
+        self.producer.wait_produced(2)
+        self.producer.ack_all()
+        self.wait_for_inventory()
+        self.producer.ack_all()
+
     def wait_for_inventory(self, timeout: float = 5.0) -> HostRecord:
         def inventory() -> HostRecord | None:
             return next((p for _m, p in self.payloads() if isinstance(p, HostRecord) and p.resync_id), None)
@@ -156,10 +163,7 @@ def test_events_that_say_the_domain_is_gone_give_deleted_and_a_tombstone_without
 @manual_acks
 def test_events_overtaken_by_their_hand_off_before_the_snapshot_are_not_published_but_counted(agent, conn):
     domain = uuid_of(1)
-    agent.producer.wait_produced(2)  # the first HostRecord and the listing's RESYNC record
-    agent.producer.ack_all()
-    agent.wait_for_inventory()
-    agent.producer.ack_all()
+    agent.settle()
 
     agent.event(domain, "REBOOT")
     in_flight = agent.producer.wait_produced(len(agent.producer.produced) + 1)[-1]
@@ -210,10 +214,7 @@ def test_the_inventory_is_published_only_after_every_resync_record_is_acked(agen
 
 @manual_acks
 def test_drain_and_stop_returns_by_the_deadline_and_publishes_stopping_last(agent, conn):
-    agent.producer.wait_produced(2)
-    agent.producer.ack_all()
-    agent.wait_for_inventory()
-    agent.producer.ack_all()
+    agent.settle()
     agent.event(uuid_of(1), "REBOOT")
     agent.producer.wait_produced(len(agent.producer.produced) + 1)  # never acknowledged
 
@@ -245,10 +246,7 @@ def test_a_listed_domain_that_reads_as_an_incoming_migration_is_not_published(ag
     # The soak's case: a restarted destination lists the incoming domain while its migration is being
     # prepared (shut off, no job yet) and owns it; by the read of its RESYNC record it is the paused
     # incoming domain, whose job statistics libvirt refuses ("available only on the source host").
-    agent.producer.wait_produced(2)
-    agent.producer.ack_all()
-    agent.wait_for_inventory()
-    agent.producer.ack_all()
+    agent.settle()
     incoming = uuid_of(2)
     dom = conn.add(FakeDomain(incoming, "vm-02", libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN))
     start = len(agent.producer.produced)
