@@ -84,7 +84,7 @@ class Pipeline:
         self._signal_id: str | None = None
         self._thread: threading.Thread | None = None
         self._next_resync = 0.0
-        self._resync = Resync(config, session, queue, store, publisher, codec, self.clock, self.ownership,
+        self._resync = Resync(config, session, reader, queue, store, publisher, codec, self.clock, self.ownership,
                               self.stats, agent_info, now, self._save_ownership_roles)
         self._streamer = Streamer(config, queue, reader, store, publisher, codec, self.clock, self.ownership,
                                   self._resync, self.stats, agent_info, now, self._save_ownership_roles,

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.agent.publisher import Message
 from bridge.records import DomainRecord
 
 if TYPE_CHECKING:
+    from bridge.agent.listing import ListedDomain
     from bridge.agent.snapshot import DomainSnapshot
 
 
@@ -76,10 +77,13 @@ class SnapshotSource(Protocol):
     """Where snapshots come from (:class:`bridge.agent.snapshot.SnapshotReader`); called from the
     ``snapshot-reader`` threads, but :meth:`forget`."""
 
-    def read(self, uuid: str, *, with_job: bool = False) -> DomainSnapshot | None:
+    def read(self, uuid: str, *, for_listing: bool = False) -> DomainSnapshot | None:
         """The domain now, or None if libvirt says it does not exist; raises ConnectionLost or
-        ``libvirt.libvirtError`` (both retried). ``with_job``: a ``PAUSED/MIGRATION`` domain's snapshot
-        carries its migration job too."""
+        ``libvirt.libvirtError`` (both retried). ``for_listing``: a listing's RESYNC record's read,
+        whose ``PAUSED/MIGRATION`` snapshot carries the migration job too."""
 
     def forget(self, uuid: str) -> None:
         """The domain is gone (a DELETED record is being published)."""
+
+    def prime(self, conn: Any, listed: Iterable[ListedDomain]) -> None:
+        """A listing just read ``listed`` on ``conn``: keep what spares its RESYNC reads round-trips."""

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.agent.libvirt_session import ConnectionLost, one_line
-from bridge.agent.pipeline_config import PipelineConfig, PipelineStats, RecordSink
+from bridge.agent.listing import list_domains
+from bridge.agent.pipeline_config import PipelineConfig, PipelineStats, RecordSink, SnapshotSource
 from bridge.agent.publisher import Message
-from bridge.agent.snapshot import listed_state
 from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.coalescer import Batch
@@ -45,8 +45,11 @@ class Lister(Protocol):
     """What a listing uses of a libvirt connection (``libvirt.virConnect``)."""
 
     def listAllDomains(self, flags: int = 0) -> list[Any]:
-        """Every domain: ``UUIDString()``, ``ID()``, ``state()`` and, for ``PAUSED/MIGRATION``,
-        ``jobStats()`` (see :func:`bridge.agent.snapshot.listed_state`)."""
+        """Every domain (or, with the TRANSIENT flag, the transient ones): ``UUIDString()``, ``ID()``,
+        ``state()`` and, for ``PAUSED/MIGRATION``, ``jobStats()`` (see :mod:`bridge.agent.listing`)."""
+
+    def getAllDomainStats(self, stats: int = 0, flags: int = 0) -> list[tuple[Any, dict[str, Any]]]:
+        """Every domain with its ``state.state`` and ``state.reason``, in one round-trip."""
 
 
 class Session(Protocol):
@@ -62,23 +65,13 @@ class Session(Protocol):
 class Resync:
     """Lists, tracks the inventory, publishes the HostRecord. Owned by the pipeline."""
 
-    def __init__(
-        self,
-        config: PipelineConfig,
-        session: Session,
-        queue: WorkQueue,
-        store: StateStore,
-        publisher: RecordSink,
-        codec: RecordCodec,
-        clock: VersionClock,
-        ownership: Ownership,
-        stats: PipelineStats,
-        agent_info: Callable[[], AgentInfo],
-        now: Clock,
-        save_roles: Callable[[], None],
-    ) -> None:
+    def __init__(self, config: PipelineConfig, session: Session, reader: SnapshotSource, queue: WorkQueue,
+                 store: StateStore, publisher: RecordSink, codec: RecordCodec, clock: VersionClock,
+                 ownership: Ownership, stats: PipelineStats, agent_info: Callable[[], AgentInfo], now: Clock,
+                 save_roles: Callable[[], None]) -> None:
         self._cfg = config
         self._session = session
+        self._reader = reader
         self._queue = queue
         self._store = store
         self._publisher = publisher
@@ -115,17 +108,17 @@ class Resync:
             # Persist listed_at like any version: after a restart, even with the clock stepped back,
             # new records must sort above the inventory a consumer may still apply.
             self._store.raise_floor(listed_at)
+            listing = list_domains(conn)
             listed: list[str] = []
             owned: list[str] = []
-            for dom in conn.listAllDomains(0):
-                uuid = dom.UUIDString()
-                listed.append(uuid)
+            for d in listing:
+                listed.append(d.uuid)
                 # PAUSED/MIGRATION is an incoming migration only if the domain's job says so: a
                 # domain restored paused from a save image shows the same pair (see ownership).
-                state, reason, job = listed_state(dom)
-                active = dom.ID() != -1  # carried by the listing reply, like the snapshot's
-                if self._ownership.on_listed(uuid, state_name(state), reason_name(state, reason), active, job=job):
-                    owned.append(uuid)
+                state, reason = state_name(d.state), reason_name(d.state, d.reason)
+                if self._ownership.on_listed(d.uuid, state, reason, d.active, job=d.job):
+                    owned.append(d.uuid)
+            self._reader.prime(conn, listing)
         except ConnectionLost:
             return False
         except Exception as exc:

@@ -9,7 +9,9 @@ reader keeps them few: the ``active`` flag and the name come from the XML read i
 root carries ``id='N'`` exactly when the domain is active, which is what ``virDomainIsActive``
 tests), and a domain handle looked up once is kept for the next reads of the same UUID on the same
 connection (a handle names the domain by UUID; every call on it is answered from the domain as it
-is then). A snapshot is three round-trips (XML, state, persistent flag), four the first time.
+is then). A snapshot is three round-trips (XML, state, persistent flag), four the first time; a
+listing's RESYNC record two, its handle and persistence coming from the listing
+(:mod:`bridge.agent.listing`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from __future__ import annotations
 import html
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import libvirt
 
@@ -28,8 +31,11 @@ from bridge.core.ownership import ListedJob
 from bridge.core.version_clock import Clock
 from bridge.records import DomainEvent
 
+if TYPE_CHECKING:
+    from bridge.agent.listing import ListedDomain
+
 # Errors meaning "this domain does not exist (any more)".
-_GONE = {libvirt.VIR_ERR_NO_DOMAIN}
+GONE_ERRORS = {libvirt.VIR_ERR_NO_DOMAIN}
 # Errors meaning "the connection is broken": the pipeline waits for the reconnect.
 _CONN_ERRORS = {
     libvirt.VIR_ERR_SYSTEM_ERROR,
@@ -89,14 +95,27 @@ class SnapshotReader:
     def __init__(self, session: Session, now: Clock) -> None:
         self._session = session
         self._now = now
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the three fields below (the reader threads share them)
         self._handles_conn: libvirt.virConnect | None = None
         self._handles: dict[str, libvirt.virDomain] = {}
+        self._listed: dict[str, ListedDomain] = {}  # the latest listing's, each used by one read at most
 
     def forget(self, uuid: str) -> None:
         """Drop the handle of a domain that is gone."""
         with self._lock:
             self._handles.pop(uuid, None)
+            self._listed.pop(uuid, None)
+
+    def prime(self, conn: libvirt.virConnect, listed: Iterable[ListedDomain]) -> None:
+        """Keep a listing's handles, and what it read of each domain for that domain's next read if
+        that is its RESYNC record's (``for_listing``): the XML is then the only call."""
+        with self._lock:
+            if self._handles_conn is not conn:
+                self._handles_conn, self._handles = conn, {}
+            self._listed = {}
+            for entry in listed:
+                self._handles[entry.uuid] = entry.dom
+                self._listed[entry.uuid] = entry
 
     def _handle(self, conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
         with self._lock:
@@ -110,25 +129,36 @@ class SnapshotReader:
                     self._handles[uuid] = dom
         return dom
 
-    def read(self, uuid: str, *, with_job: bool = False) -> DomainSnapshot | None:
+    def read(self, uuid: str, *, for_listing: bool = False) -> DomainSnapshot | None:
         """The domain's snapshot, or None when libvirt says it does not exist.
 
-        ``with_job``: also read the migration job if the domain is ``PAUSED/MIGRATION`` (a listing's
-        ownership decision, checked again; see :func:`migration_job`, which can take seconds).
-        Raises ConnectionLost when the connection broke, so the work can be retried after reconnect.
+        ``for_listing``: the read of a listing's RESYNC record (no events). The listing's state,
+        reason, active and persistent flags stand for the domain, with the XML read now: a RESYNC
+        record shows the domain as listed, and any change since is an event, which the next record
+        reports with a full read. A ``PAUSED/MIGRATION`` domain is read in full, with its migration
+        job, to check the listing's ownership decision (see :func:`migration_job`, which can take
+        seconds). Raises ConnectionLost when the connection broke, so the work can be retried.
         """
         conn = self._session.connection()
         job = None
+        with self._lock:
+            listed = self._listed.pop(uuid, None) if self._handles_conn is conn else None
+        if not for_listing or listed is None or listed.persistent is None or paused_for_migration(
+                listed.state, listed.reason):
+            listed = None
         try:
             dom = self._handle(conn, uuid)
             xml = dom.XMLDesc(0)
-            state, reason = dom.state()
-            persistent = bool(dom.isPersistent())
-            if with_job and (state, reason) == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION):
+            if listed is not None and listed.persistent is not None:
+                state, reason, persistent = listed.state, listed.reason, listed.persistent
+            else:
+                state, reason = dom.state()
+                persistent = bool(dom.isPersistent())
+            if for_listing and paused_for_migration(state, reason):
                 job = migration_job(dom)
         except libvirt.libvirtError as exc:
             code = exc.get_error_code()
-            if code in _GONE:
+            if code in GONE_ERRORS:
                 self.forget(uuid)
                 return None
             if code in _CONN_ERRORS or not _alive(conn):
@@ -136,6 +166,8 @@ class SnapshotReader:
                 raise ConnectionLost(str(exc)) from exc
             raise
         active, name = xml_active_and_name(xml)
+        if listed is not None:
+            active = listed.active  # as listed, like the state
         return DomainSnapshot(
             uuid=uuid,
             name=name if name is not None else dom.name(),
@@ -179,26 +211,9 @@ def migration_job(dom: libvirt.virDomain) -> ListedJob:
     return ListedJob.NONE
 
 
-def listed_state(dom: libvirt.virDomain) -> tuple[int, int, ListedJob]:
-    """(state, reason, migration job) of a listed domain; the job is read only for ``PAUSED/MIGRATION``.
-
-    That pair is ambiguous without the job (see :mod:`bridge.core.ownership`). The state is read
-    again after the job, so a migration that ended between the two reads shows as its outcome
-    (running, or gone) rather than as a paused domain with no job; a domain that vanished meanwhile
-    keeps the first state with an ``UNKNOWN`` job. On a migration's source the job read can take
-    seconds (5 to 10 s recorded, ``read_s`` in the fixtures) while QEMU is busy migrating.
-    """
-    state, reason = dom.state()
-    if (state, reason) != (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION):
-        return state, reason, ListedJob.NONE
-    job = migration_job(dom)
-    try:
-        state, reason = dom.state()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() not in _GONE:
-            raise
-        return state, reason, ListedJob.UNKNOWN
-    return state, reason, job
+def paused_for_migration(state: int, reason: int) -> bool:
+    """The one state and reason that take a migration job to interpret (see :mod:`bridge.core.ownership`)."""
+    return (state, reason) == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
 
 
 def _alive(conn: libvirt.virConnect) -> bool:

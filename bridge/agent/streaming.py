@@ -161,7 +161,7 @@ class Streamer:
         try:
             # A listing's record (no events) reads the job too, to check the listing's ownership decision
             # (an incoming domain listed while its migration was prepared reads PAUSED/MIGRATION now).
-            read.result = self._read(read.batch.uuid, with_job=not read.batch.events)
+            read.result = self._read(read.batch.uuid, for_listing=not read.batch.events)
         except Exception as exc:  # a bug: handed back, so the batch is not stuck in flight
             read.result = exc
         self._queue.post_result(read)
@@ -253,10 +253,10 @@ class Streamer:
 
     # -- the snapshot -------------------------------------------------------------------------------
 
-    def _read(self, uuid: str, with_job: bool) -> DomainSnapshot | Exception | None:
+    def _read(self, uuid: str, for_listing: bool) -> DomainSnapshot | Exception | None:
         started = time.monotonic()
         try:
-            return self._reader.read(uuid, with_job=with_job)
+            return self._reader.read(uuid, for_listing=for_listing)
         except (ConnectionLost, libvirt.libvirtError) as exc:
             return exc
         finally:

@@ -61,6 +61,11 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
                           lat.get(f"peer_r{rate}_event_to_visible_p99", nan), "ms", False))
         out.append(Target(f"@{rate}/s: call -> visible p99 <= peer's p99", lat.get(f"r{rate}_call_to_visible_p99", nan),
                           lat.get(f"peer_r{rate}_call_to_visible_p99", nan), "ms", False))
+    scale = m.get("scale", {})
+    if scale:
+        out.append(Target("10,000 domains: launch -> inventory acknowledged <= 5 s", scale.get("inventory_s", nan),
+                          5.0, "s", False))
+        out.append(Target("10,000 domains: agent RSS <= 120 MiB", scale.get("rss_mib", nan), 120.0, "MiB", False))
     return out
 
 

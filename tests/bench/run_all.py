@@ -27,6 +27,7 @@ from tests.bench import (
     bench_latency,
     bench_libvirt_raw,
     bench_rebuild,
+    bench_scale,
     exit_on_sigterm,
     print_table,
     progress,
@@ -34,7 +35,7 @@ from tests.bench import (
     write_results,
 )
 
-BENCHMARKS = (bench_codec, bench_libvirt_raw, bench_agent_throughput, bench_latency, bench_rebuild)
+BENCHMARKS = (bench_codec, bench_libvirt_raw, bench_agent_throughput, bench_latency, bench_rebuild, bench_scale)
 
 
 def main(argv: list[str] | None = None) -> int:

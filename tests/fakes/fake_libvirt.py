@@ -124,7 +124,17 @@ class FakeConnection:
     def listAllDomains(self, flags: int = 0) -> list[FakeDomain]:
         self.serve("listAllDomains", "")
         with self._lock:
-            return list(self._domains.values())
+            domains = list(self._domains.values())
+        if flags & libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT:
+            return [d for d in domains if not d.persistent]
+        return domains
+
+    def getAllDomainStats(self, stats: int = 0, flags: int = 0) -> list[tuple[FakeDomain, dict[str, Any]]]:
+        """Only the STATE group, as the listing asks for it."""
+        self.serve("getAllDomainStats", "")
+        with self._lock:
+            domains = list(self._domains.values())
+        return [(d, {"state.state": d.dom_state, "state.reason": d.dom_reason}) for d in domains]
 
     def lookupByUUIDString(self, uuid: str) -> FakeDomain:
         self.serve("lookupByUUIDString", uuid)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import libvirt
 import pytest
 
+from bridge.agent.listing import ListedDomain
 from bridge.agent.pipeline import Pipeline
 from bridge.agent.pipeline_config import PipelineConfig
 from bridge.agent.publisher import Message, Publisher
@@ -40,13 +42,16 @@ class CountingReader:
         self._lock = threading.Lock()
         self.reads: dict[str, int] = {}
 
-    def read(self, uuid: str, *, with_job: bool = False) -> DomainSnapshot | None:
+    def read(self, uuid: str, *, for_listing: bool = False) -> DomainSnapshot | None:
         with self._lock:
             self.reads[uuid] = self.reads.get(uuid, 0) + 1
-        return self._reader.read(uuid, with_job=with_job)
+        return self._reader.read(uuid, for_listing=for_listing)
 
     def forget(self, uuid: str) -> None:
         self._reader.forget(uuid)
+
+    def prime(self, conn: Any, listed: Iterable[ListedDomain]) -> None:
+        self._reader.prime(conn, listed)
 
     def count(self, uuid: str) -> int:
         with self._lock:
@@ -261,3 +266,31 @@ def test_a_listed_domain_that_reads_as_an_incoming_migration_is_not_published(ag
     records = [p for _m, p in agent.payloads(start) if isinstance(p, DomainRecord) and p.uuid == incoming]
     assert records == [], f"published a RESYNC record for another host's incoming domain: {records}"
     assert conn.count("jobStats", incoming) == 1
+
+
+# -- the listing's round-trips -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conn", [3], indirect=True)
+def test_a_listing_and_its_resync_records_cost_one_domain_call_each(agent, conn):
+    # The profile of a 10,000-domain start-up: a state() per domain in the listing, then lookup, XML,
+    # state and isPersistent per RESYNC read. Now: one bulk stats call, one transient listing, and the
+    # XML per record (the handle, state and flags come from the listing).
+    agent.wait_for_inventory()
+    assert conn.count("getAllDomainStats") == 1
+    assert conn.count("listAllDomains") == 1  # the transient ones
+    for n in (1, 2, 3):
+        uuid = uuid_of(n)
+        calls = {m: conn.count(m, uuid) for m in ("lookupByUUIDString", "XMLDesc", "state", "isPersistent")}
+        assert calls == {"lookupByUUIDString": 0, "XMLDesc": 1, "state": 0, "isPersistent": 0}, (uuid, calls)
+    records = [p for _m, p in agent.payloads() if isinstance(p, DomainRecord)]
+    want = [(uuid_of(n), True, "RUNNING") for n in (1, 2, 3)]
+    assert sorted((r.uuid, r.persistent, r.state) for r in records) == want
+
+    # An event's read is a full one: its persistence is read from the domain, not taken from the listing.
+    dom = conn.lookupByUUIDString(uuid_of(1))
+    dom.persistent = False
+    agent.event(uuid_of(1), "LIFECYCLE", "UNDEFINED", "REMOVED")  # undefined while running: transient now
+    wait_until(lambda: any(isinstance(p, DomainRecord) and p.events and not p.persistent
+                           for _m, p in agent.payloads()), what="the event's record, read in full")
+    assert conn.count("isPersistent", uuid_of(1)) == 1

@@ -11,6 +11,7 @@ import pytest
 
 from bridge.agent.pipeline_config import PipelineConfig, PipelineStats
 from bridge.agent.resync import Resync
+from bridge.agent.snapshot import SnapshotReader
 from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.ownership import Ownership
@@ -53,7 +54,8 @@ def setup(tmp_path, conn) -> Iterator[Setup]:
     session = FakeSession(conn)
     clock = VersionClock(wall_clock_micros)
     ownership = Ownership()
-    resync = Resync(CONFIG, session, queue, store, sink, CODEC, clock, ownership, PipelineStats(),
+    resync = Resync(CONFIG, session, SnapshotReader(session, wall_clock_micros), queue, store, sink, CODEC, clock,
+                    ownership, PipelineStats(),
                     lambda: AGENT, wall_clock_micros, lambda: None)
     yield Setup(resync, sink, queue, session, ownership)
     store.close()
