@@ -88,18 +88,24 @@ class ReassertSignal:
     requested_at: int
     """Microseconds since the epoch."""
     requested_by: str = ""
+    after: tuple[int, int] | None = None
+    """(partition, offset) of the requester's last record of the domain: an owner whose own newest
+    record of it sits later in that partition already has the last word."""
 
     @classmethod
-    def new(cls, uuid: str, requested_at: int, requested_by: str = "") -> ReassertSignal:
-        return cls(uuid, uuid_mod.uuid4().hex, requested_at, requested_by)
+    def new(cls, uuid: str, requested_at: int, requested_by: str = "",
+            after: tuple[int, int] | None = None) -> ReassertSignal:
+        return cls(uuid, uuid_mod.uuid4().hex, requested_at, requested_by, after)
 
     def key(self) -> bytes:
         return (_REASSERT_KEY_PREFIX + self.uuid).encode()
 
     def value(self) -> bytes:
-        return json.dumps({"type": _REASSERT_TYPE, "id": self.id, "uuid": self.uuid,
-                           "requested_at": self.requested_at, "requested_by": self.requested_by},
-                          sort_keys=True).encode()
+        body: dict[str, object] = {"type": _REASSERT_TYPE, "id": self.id, "uuid": self.uuid,
+                                   "requested_at": self.requested_at, "requested_by": self.requested_by}
+        if self.after is not None:
+            body["partition"], body["offset"] = self.after
+        return json.dumps(body, sort_keys=True).encode()
 
 
 Signal = ResyncSignal | ReassertSignal
@@ -114,8 +120,9 @@ def decode_signal(key: bytes | None, value: bytes | None) -> Signal:
             d = None
         if isinstance(d, dict) and d.get("type") == _REASSERT_TYPE:
             try:
+                after = (int(d["partition"]), int(d["offset"])) if "offset" in d else None
                 signal = ReassertSignal(str(d["uuid"]), str(d["id"]), int(d["requested_at"]),
-                                        str(d.get("requested_by", "")))
+                                        str(d.get("requested_by", "")), after)
             except (KeyError, TypeError, ValueError) as exc:
                 raise DecodeError(f"a reassert signal without a valid {exc}") from None
             if not UUID_RE.match(signal.uuid):

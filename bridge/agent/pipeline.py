@@ -90,7 +90,7 @@ class Pipeline:
                                   self._resync, self.stats, agent_info, now, self._save_ownership_roles,
                                   self._stop.wait, observer)
         self.reasserter = Reasserter(config.host, config.control_topic, queue, self.ownership, publisher, now,
-                                     self._streamer.outrank)
+                                     self._streamer.outrank, self._streamer.positions)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

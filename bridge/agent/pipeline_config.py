@@ -61,8 +61,10 @@ class PipelineStats:
 class RecordSink(Protocol):
     """Where the pipeline's parts send their messages (:class:`bridge.agent.publisher.Publisher`)."""
 
-    def publish(self, messages: Sequence[Message], on_done: Callable[[], None]) -> None:
-        """Produce ``messages`` in order; ``on_done`` runs once, after every one is acknowledged."""
+    def publish(self, messages: Sequence[Message], on_done: Callable[[], None],
+                on_position: Callable[[int, int], None] | None = None) -> None:
+        """Produce ``messages`` in order; ``on_done`` runs once, after every one is acknowledged;
+        ``on_position(partition, offset)`` where the first landed, when it is."""
 
 
 class PipelineObserver(Protocol):

@@ -72,6 +72,7 @@ class _Sequence:
     messages: Sequence[Message]
     on_done: Callable[[], None]
     produced_at: float
+    on_position: Callable[[int, int], None] | None = None
     acked: int = 0
     failed: bool = False
     attempts: int = 1
@@ -137,9 +138,13 @@ class Publisher:
         self._thread = threading.Thread(target=self._serve, name="kafka-delivery", daemon=True)
         self._thread.start()
 
-    def publish(self, messages: Sequence[Message], on_done: Callable[[], None]) -> None:
-        """Produce ``messages`` in order; ``on_done`` runs once all are acknowledged."""
-        seq = _Sequence(messages, on_done, time.monotonic())
+    def publish(self, messages: Sequence[Message], on_done: Callable[[], None],
+                on_position: Callable[[int, int], None] | None = None) -> None:
+        """Produce ``messages`` in order; ``on_done`` runs once all are acknowledged.
+
+        ``on_position(partition, offset)``: where the first message landed, on its acknowledgement.
+        """
+        seq = _Sequence(messages, on_done, time.monotonic(), on_position)
         seq_id = next(self._ids)
         with self._lock:
             self._in_flight[seq_id] = seq
@@ -196,11 +201,16 @@ class Publisher:
         def report(err: KafkaError | None, _msg: object) -> None:
             self._on_delivery(seq_id, err)
 
-        for msg in seq.messages:
+        def report_first(err: KafkaError | None, msg: Any) -> None:
+            if err is None and seq.on_position is not None:
+                seq.on_position(msg.partition(), msg.offset())
+            self._on_delivery(seq_id, err)
+
+        for i, msg in enumerate(seq.messages):
             while True:
                 try:
                     self._producer.produce(msg.topic, key=msg.key, value=msg.value, headers=list(msg.headers),
-                                           on_delivery=report)
+                                           on_delivery=report_first if i == 0 else report)
                     break
                 except BufferError:
                     # librdkafka's local queue is full: let deliveries drain it (bounded by domains).

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink, SnapshotSource
 from bridge.agent.publisher import Message
+from bridge.agent.reassert import KeyPositions
 from bridge.agent.resync import Resync
 from bridge.agent.snapshot import DomainSnapshot
 from bridge.agent.state_store import VERSION_LEASE_US, StateStore
@@ -50,6 +51,8 @@ class RecordWriter:
         """UUIDs whose next record must sort above another host's, as a claim's does, without being
         one (a re-assertion another host asked for, :mod:`bridge.agent.reassert`)."""
         self._lease = 0  # the persisted bound above every version issued (see bridge.agent.state_store)
+        self.positions = KeyPositions()
+        """Where each domain's latest acknowledged record landed (for :mod:`bridge.agent.reassert`)."""
 
     def commit(self, ready: list[tuple[Batch, DomainSnapshot | None]]) -> None:
         """Version every ready batch, persist the highest version (one fsync for all), produce."""
@@ -106,7 +109,15 @@ class RecordWriter:
         by_kind[record.kind.value] = by_kind.get(record.kind.value, 0) + 1
         for event in record.events:
             by_id[event.id] = by_id.get(event.id, 0) + 1
-        self._publisher.publish(messages, lambda: self._acked(record, resync_id))
+        self._publisher.publish(messages, lambda: self._acked(record, resync_id),
+                                lambda partition, offset: self._landed(record, partition, offset))
+
+    def _landed(self, record: DomainRecord, partition: int, offset: int) -> None:
+        # On the delivery thread, before _acked: the position is known once the domain is free again.
+        if record.kind is RecordKind.DELETED:
+            self.positions.forget(record.uuid)
+        else:
+            self.positions.note(record.uuid, partition, offset)
 
     def _acked(self, record: DomainRecord, resync_id: str | None) -> None:
         # On the delivery thread: the work queue is thread-safe, and the observer says so too.

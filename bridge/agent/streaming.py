@@ -33,6 +33,7 @@ import libvirt
 
 from bridge.agent.libvirt_session import ConnectionLost, one_line
 from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink, SnapshotSource
+from bridge.agent.reassert import KeyPositions
 from bridge.agent.record_writer import RecordWriter
 from bridge.agent.resync import Resync
 from bridge.agent.snapshot import DomainSnapshot, implies_gone
@@ -93,6 +94,11 @@ class Streamer:
         self._max_reading = 2 * config.snapshot_readers  # enough queued that no reader waits for work
         self._parked: list[tuple[float, int, _Read]] = []  # (due, tie-break, read): not-found retries
         self._seq = itertools.count()
+
+    @property
+    def positions(self) -> KeyPositions:
+        """Where each domain's latest acknowledged record landed."""
+        return self._writer.positions
 
     def outrank(self, uuid: str) -> None:
         """Version ``uuid``'s next record as a claim: it must sort above another host's last one."""

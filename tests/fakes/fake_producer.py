@@ -32,6 +32,14 @@ class Produced:
     outcome: str | None = None
     """None until the test decides: ``"acked"`` or ``"failed"``."""
 
+    # -- confluent_kafka.Message, as a delivery report hands it over: one partition, offsets in order --
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self.index
+
 
 class FakeProducer:
     """Records what was produced; delivers or fails each message when the test says so."""

@@ -25,6 +25,7 @@ def decode(message: Message) -> Payload:
 class Published:
     messages: Sequence[Message]
     on_done: Callable[[], None]
+    on_position: Callable[[int, int], None] | None = None
     acked: bool = False
 
     @property
@@ -38,11 +39,14 @@ class RecordingSink:
     def __init__(self) -> None:
         self.published: list[Published] = []
 
-    def publish(self, messages: Sequence[Message], on_done: Callable[[], None]) -> None:
-        self.published.append(Published(list(messages), on_done))
+    def publish(self, messages: Sequence[Message], on_done: Callable[[], None],
+                on_position: Callable[[int, int], None] | None = None) -> None:
+        self.published.append(Published(list(messages), on_done, on_position))
 
     def ack(self, index: int) -> None:
         sequence = self.published[index]
         assert not sequence.acked, f"sequence {index} was already acknowledged"
         sequence.acked = True
+        if sequence.on_position is not None:
+            sequence.on_position(0, index)  # one partition; the sequence's index stands for its offset
         sequence.on_done()

@@ -117,7 +117,7 @@ def test_a_source_asks_for_re_assertion_only_after_its_last_record_is_acknowledg
     wait_until(host.signals, timeout=5, what="the re-assertion request", interval=0.01)
     ((message, signal),) = host.signals()
     assert message.index > in_flight.index
-    assert (signal.uuid, signal.requested_by) == (domain, "hv1")
+    assert (signal.uuid, signal.requested_by, signal.after) == (domain, "hv1", (0, in_flight.index))
     assert message.key == f"domain/{domain}".encode()
     assert signal.requested_at >= last.version - int(SKEW * 1e6)
     assert not host.pipeline.ownership.owns(domain)
@@ -195,3 +195,33 @@ def test_a_post_copy_destination_whose_domain_died_answers_no_request_and_yields
                interval=0.01)
     wait_until(host.signals, timeout=5, what="its own request for re-assertion", interval=0.01)
     assert host.records(start) == [], "published a record of a domain that no longer runs here"
+
+
+def test_an_owner_whose_newest_record_already_sits_after_the_requesters_does_not_publish_again(host):
+    domain = uuid_of(1)
+    host.settle()
+    ((mine, _record),) = host.records()  # the listing's RESYNC record: this host's newest of the domain
+    start = len(host.producer.produced)
+    host.pipeline.reasserter.requested(ReassertSignal.new(domain, wall_clock_micros(), "hv2", (0, mine.index - 1)))
+    wait_until(lambda: host.pipeline.reasserter.already_last == 1, timeout=5, what="the request judged",
+               interval=0.01)
+    assert host.records(start) == []
+    # The requester's record landed after ours: publish again, above it.
+    host.pipeline.reasserter.requested(ReassertSignal.new(domain, wall_clock_micros(), "hv2", (0, mine.index + 1)))
+    wait_until(lambda: host.records(start), timeout=5, what="the re-asserted record", interval=0.01)
+    assert host.pipeline.reasserter.answered == 1
+
+
+def test_a_request_waits_for_the_owners_record_in_flight_before_it_is_judged(host):
+    domain = uuid_of(1)
+    host.settle()
+    host.event(domain, "SUSPENDED", "PAUSED")
+    in_flight = host.producer.wait_produced(len(host.producer.produced) + 1)[-1]
+    asked = ReassertSignal.new(domain, wall_clock_micros(), "hv2", (0, in_flight.index - 1))
+    host.pipeline.reasserter.requested(asked)
+    quiet_window()
+    assert (host.pipeline.reasserter.answered, host.pipeline.reasserter.already_last) == (0, 0), "judged too early"
+    host.producer.ack(in_flight.index)  # it lands after the requester's record: nothing more to publish
+    wait_until(lambda: host.pipeline.reasserter.already_last == 1, timeout=5, what="the request judged",
+               interval=0.01)
+    assert host.records(in_flight.index + 1) == []
