@@ -66,6 +66,12 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
         out.append(Target("10,000 domains: launch -> inventory acknowledged <= 5 s", scale.get("inventory_s", nan),
                           5.0, "s", False))
         out.append(Target("10,000 domains: agent RSS <= 120 MiB", scale.get("rss_mib", nan), 120.0, "MiB", False))
+    fleet = m.get("fleet_log", {})
+    if fleet:
+        out.append(Target("1,000-host fleet: Informer records/s >= 50,000", fleet.get("first_sync_records_per_s", nan),
+                          50_000.0, "records/s", True))
+        out.append(Target("1,000-host fleet: fresh sync after heartbeats <= 2x the first",
+                          fleet.get("heartbeats_sync_ratio", nan), 2.0, "x", False))
     return out
 
 

@@ -24,6 +24,7 @@ from tests.bench import (
     BenchResult,
     bench_agent_throughput,
     bench_codec,
+    bench_fleet_log,
     bench_latency,
     bench_libvirt_raw,
     bench_rebuild,
@@ -35,7 +36,8 @@ from tests.bench import (
     write_results,
 )
 
-BENCHMARKS = (bench_codec, bench_libvirt_raw, bench_agent_throughput, bench_latency, bench_rebuild, bench_scale)
+BENCHMARKS = (bench_codec, bench_libvirt_raw, bench_agent_throughput, bench_latency, bench_rebuild, bench_scale,
+              bench_fleet_log)
 
 
 def main(argv: list[str] | None = None) -> int:
