@@ -76,6 +76,13 @@ class Reasserter:
         self.answered = 0
         self.already_last = 0
         """Requests not answered because this host's newest record already sat after the requester's."""
+        self.judged = 0
+        """Requests decided so far: ignored (not held here, or our own), already last, or answered."""
+
+    @property
+    def deferred(self) -> int:
+        """Requests for a held domain waiting for this host's own record of it to land."""
+        return len(self._deferred)
 
     def requested(self, signal: ReassertSignal) -> None:
         """A request read from the control topic (any thread); handled on the next :meth:`step`."""
@@ -94,21 +101,23 @@ class Reasserter:
             requests, self._requests = self._deferred + self._requests, []
         self._deferred = []
         for signal in requests:
-            if signal.requested_by == self._host or not self._ownership.holds(signal.uuid):
-                continue
-            if self._queue.in_flight(signal.uuid):
-                self._deferred.append(signal)  # judged once this host's own record has landed
-                continue
-            mine = self._positions.get(signal.uuid)
-            if (signal.after is not None and mine is not None and mine[0] == signal.after[0]
-                    and mine[1] > signal.after[1]):
-                self.already_last += 1
-                continue
-            log.info("publishing %s again: %s stopped owning it (request %s)", signal.uuid,
-                     signal.requested_by or "?", signal.id[:8])
-            self.answered += 1
-            self._outrank(signal.uuid)
-            self._queue.request_resync([signal.uuid], signal.id)
+            if signal.requested_by != self._host and self._ownership.holds(signal.uuid):
+                if self._queue.in_flight(signal.uuid):
+                    self._deferred.append(signal)  # judged once this host's own record has landed
+                    continue
+                self._answer(signal)
+            self.judged += 1
+
+    def _answer(self, signal: ReassertSignal) -> None:
+        mine = self._positions.get(signal.uuid)
+        if signal.after is not None and mine is not None and mine[0] == signal.after[0] and mine[1] > signal.after[1]:
+            self.already_last += 1
+            return
+        log.info("publishing %s again: %s stopped owning it (request %s)", signal.uuid,
+                 signal.requested_by or "?", signal.id[:8])
+        self.answered += 1
+        self._outrank(signal.uuid)
+        self._queue.request_resync([signal.uuid], signal.id)
 
     def _send(self, uuid: str) -> None:
         if self._topic is None:

@@ -48,6 +48,8 @@ class FakeProducer:
         self.auto_ack = auto_ack
         self.config: dict[str, Any] | None = None
         self.produced: list[Produced] = []
+        self.reported = 0
+        """Delivery reports whose callback has returned (served by a poll)."""
         self._cond = threading.Condition()
         self._reports: list[tuple[Produced, KafkaError | None]] = []
 
@@ -75,6 +77,9 @@ class FakeProducer:
             reports, self._reports = self._reports, []
         for message, error in reports:  # outside the lock, like librdkafka's callbacks
             message.on_delivery(error, message)
+            with self._cond:
+                self.reported += 1
+                self._cond.notify_all()
         return len(reports)
 
     def flush(self, timeout: float) -> int:
@@ -112,6 +117,12 @@ class FakeProducer:
             if not self._cond.wait_for(lambda: len(self.produced) >= count, timeout):
                 raise AssertionError(f"{len(self.produced)} messages produced, expected {count}: {self.produced}")
             return list(self.produced)
+
+    def wait_reported(self, count: int, timeout: float = 5.0) -> None:
+        """Wait until ``count`` delivery reports were served to the producer's user, callbacks returned."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.reported >= count, timeout):
+                raise AssertionError(f"{self.reported} delivery reports served, expected {count}")
 
     def undecided(self) -> list[Produced]:
         with self._cond:

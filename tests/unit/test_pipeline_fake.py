@@ -180,7 +180,7 @@ def test_events_overtaken_by_their_hand_off_before_the_snapshot_are_not_publishe
     agent.producer.ack(in_flight.index)  # now the two events are taken together
 
     wait_until(lambda: agent.pipeline.stats.events_not_owned == 2, what="the events counted as not owned")
-    time.sleep(0.2)  # a window in which nothing may happen (a negative check), not a wait for a condition
+    wait_until(agent.queue.idle, what="the batch done with")
     assert len(agent.producer.produced) == produced, "nothing published after the hand-off"
     assert agent.reader.count(domain) == reads, "not even read"
     assert not agent.pipeline.ownership.owns(domain)
@@ -261,8 +261,7 @@ def test_a_listed_domain_that_reads_as_an_incoming_migration_is_not_published(ag
     dom.job = libvirt_error(libvirt.VIR_ERR_OPERATION_UNSUPPORTED, "available only on the source host")
     agent.queue.request_resync([incoming], "r-test")
     wait_until(lambda: not agent.pipeline.ownership.owns(incoming), what="the read to make it incoming")
-    agent.producer.ack_all()
-    time.sleep(0.2)  # a window in which nothing may happen (a negative check), not a wait for a condition
+    wait_until(agent.queue.idle, what="the batch done with")
     records = [p for _m, p in agent.payloads(start) if isinstance(p, DomainRecord) and p.uuid == incoming]
     assert records == [], f"published a RESYNC record for another host's incoming domain: {records}"
     assert conn.count("jobStats", incoming) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -39,12 +38,6 @@ def messages(*keys: str) -> list[Message]:
     return [Message("libvirt.domains", key.encode(), f"value-{key}".encode()) for key in keys]
 
 
-def settle() -> None:
-    """A window for the delivery thread to serve what is queued before a negative check (nothing more
-    may happen); the positive checks wait on their condition."""
-    time.sleep(0.1)
-
-
 def test_the_producer_gets_the_bridges_settings(producer, publisher):
     assert producer.config is not None
     assert producer.config["enable.idempotence"] is True
@@ -66,13 +59,13 @@ def test_a_failed_delivery_is_produced_again_in_order_and_on_done_runs_once_afte
     assert done.calls == 0
 
     producer.ack(2)
-    settle()
+    producer.wait_reported(3)  # fail 0, ack 1, ack 2: all served to the publisher
     assert done.calls == 0, "on_done waits for every message of the sequence"
     assert publisher.in_flight() == 1
 
     producer.ack(3)
     assert done.event.wait(2)
-    settle()
+    producer.wait_reported(4)
     assert done.calls == 1
     assert publisher.in_flight() == 0
     assert len(producer.produced) == 4, "nothing produced after the acks"
@@ -87,7 +80,7 @@ def test_a_delivery_failing_again_is_retried_until_acked(producer, publisher):
     producer.wait_produced(4)
     producer.ack(3)
     assert done.event.wait(2)
-    settle()
+    producer.wait_reported(4)
     assert done.calls == 1
     assert [m.key for m in producer.produced] == [b"only"] * 4
     assert publisher.redelivered == 3

@@ -100,7 +100,9 @@ def host(tmp_path) -> Iterator[Host]:
 
 
 def quiet_window() -> None:
-    time.sleep(0.3)  # a window in which nothing may happen (a negative check), not a wait for a condition
+    # A negative check with no state to wait on: the hand-off sits in the queue behind a record in
+    # flight, invisible to the re-assertion until that record is acknowledged.
+    time.sleep(0.3)
 
 
 def test_a_source_asks_for_re_assertion_only_after_its_last_record_is_acknowledged(host):
@@ -122,7 +124,7 @@ def test_a_source_asks_for_re_assertion_only_after_its_last_record_is_acknowledg
     assert signal.requested_at >= last.version - int(SKEW * 1e6)
     assert not host.pipeline.ownership.owns(domain)
     host.producer.ack_all()
-    quiet_window()
+    wait_until(host.queue.idle, timeout=5, what="nothing left to publish", interval=0.01)
     assert len(host.signals()) == 1, "one request per hand-off"
 
 
@@ -144,7 +146,8 @@ def test_a_request_for_a_domain_not_held_here_or_sent_by_this_host_is_ignored(ho
     start = len(host.producer.produced)
     host.pipeline.reasserter.requested(ReassertSignal.new(uuid_of(9), wall_clock_micros(), "hv2"))  # not here
     host.pipeline.reasserter.requested(ReassertSignal.new(uuid_of(1), wall_clock_micros(), "hv1"))  # our own
-    quiet_window()
+    wait_until(lambda: host.pipeline.reasserter.judged == 2, timeout=5, what="both requests judged", interval=0.01)
+    assert host.queue.idle()
     assert host.records(start) == []
     assert host.pipeline.reasserter.answered == 0
 
@@ -157,7 +160,8 @@ def test_a_handed_off_domain_is_not_published_again_on_request(host):
     host.producer.ack_all()
     start = len(host.producer.produced)
     host.pipeline.reasserter.requested(ReassertSignal.new(domain, wall_clock_micros(), "hv2"))
-    quiet_window()
+    wait_until(lambda: host.pipeline.reasserter.judged == 1, timeout=5, what="the request judged", interval=0.01)
+    assert host.queue.idle()
     assert host.records(start) == []
 
 
@@ -219,7 +223,7 @@ def test_a_request_waits_for_the_owners_record_in_flight_before_it_is_judged(hos
     in_flight = host.producer.wait_produced(len(host.producer.produced) + 1)[-1]
     asked = ReassertSignal.new(domain, wall_clock_micros(), "hv2", (0, in_flight.index - 1))
     host.pipeline.reasserter.requested(asked)
-    quiet_window()
+    wait_until(lambda: host.pipeline.reasserter.deferred == 1, timeout=5, what="the request deferred", interval=0.01)
     assert (host.pipeline.reasserter.answered, host.pipeline.reasserter.already_last) == (0, 0), "judged too early"
     host.producer.ack(in_flight.index)  # it lands after the requester's record: nothing more to publish
     wait_until(lambda: host.pipeline.reasserter.already_last == 1, timeout=5, what="the request judged",
