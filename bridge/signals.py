@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import uuid as uuid_mod
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.errors import DecodeError
 from bridge.serde.record_codec import UUID_RE
@@ -62,13 +63,11 @@ class ResyncSignal:
     @classmethod
     def decode(cls, key: bytes | None, value: bytes | None) -> ResyncSignal:
         """Parse a control-topic message; DecodeError naming what is wrong with anything else."""
-        if value is None:
-            raise DecodeError("a tombstone, not a signal")
-        try:
-            d = json.loads(value)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise DecodeError(f"not JSON: {exc}") from None
-        if not isinstance(d, dict) or d.get("type") != _TYPE:
+        return cls._from(_json_object(value), key)
+
+    @classmethod
+    def _from(cls, d: dict[str, Any], key: bytes | None) -> ResyncSignal:
+        if d.get("type") != _TYPE:
             raise DecodeError("not a resync signal (no \"type\": \"resync\")")
         try:
             signal = cls(str(d["host"]), str(d["id"]), int(d["requested_at"]), str(d.get("requested_by", "")))
@@ -107,27 +106,38 @@ class ReassertSignal:
             body["partition"], body["offset"] = self.after
         return json.dumps(body, sort_keys=True).encode()
 
+    @classmethod
+    def _from(cls, d: dict[str, Any], key: bytes | None) -> ReassertSignal:
+        try:
+            after = (int(d["partition"]), int(d["offset"])) if "offset" in d else None
+            signal = cls(str(d["uuid"]), str(d["id"]), int(d["requested_at"]), str(d.get("requested_by", "")), after)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"a reassert signal without a valid {exc}") from None
+        if not UUID_RE.match(signal.uuid):
+            raise DecodeError(f"a reassert signal for {signal.uuid!r}, not a lower-case domain UUID")
+        if key is not None and key != signal.key():
+            raise DecodeError(f"reassert signal for {signal.uuid!r} sent under key {key!r}")
+        return signal
+
 
 Signal = ResyncSignal | ReassertSignal
 
 
 def decode_signal(key: bytes | None, value: bytes | None) -> Signal:
     """Parse any control-topic message; DecodeError naming what is wrong with anything else."""
-    if value is not None:
-        try:
-            d = json.loads(value)
-        except (UnicodeDecodeError, ValueError):
-            d = None
-        if isinstance(d, dict) and d.get("type") == _REASSERT_TYPE:
-            try:
-                after = (int(d["partition"]), int(d["offset"])) if "offset" in d else None
-                signal = ReassertSignal(str(d["uuid"]), str(d["id"]), int(d["requested_at"]),
-                                        str(d.get("requested_by", "")), after)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DecodeError(f"a reassert signal without a valid {exc}") from None
-            if not UUID_RE.match(signal.uuid):
-                raise DecodeError(f"a reassert signal for {signal.uuid!r}, not a lower-case domain UUID")
-            if key is not None and key != signal.key():
-                raise DecodeError(f"reassert signal for {signal.uuid!r} sent under key {key!r}")
-            return signal
-    return ResyncSignal.decode(key, value)
+    d = _json_object(value)
+    if d.get("type") == _REASSERT_TYPE:
+        return ReassertSignal._from(d, key)
+    return ResyncSignal._from(d, key)
+
+
+def _json_object(value: bytes | None) -> dict[str, Any]:
+    if value is None:
+        raise DecodeError("a tombstone, not a signal")
+    try:
+        d = json.loads(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise DecodeError("not a resync signal (no \"type\": \"resync\")")
+    return d

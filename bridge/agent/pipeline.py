@@ -171,7 +171,6 @@ class Pipeline:
             self._streamer.drain()  # reads taken before the listing finish before it, as the rule wants
             if not self._resync.start(signal_id):
                 self.request_resync(signal_id)  # libvirt went away: again after the reconnect
-        self.reasserter.step()
         if not draining:
             self._resync.heartbeat(HostStatus.UP)
         wait = max(0.0, min(self._next_resync, self._resync.next_heartbeat) - time.monotonic())
@@ -182,7 +181,7 @@ class Pipeline:
         batches = self._queue.take(min(self._cfg.batch_size, self._streamer.capacity()), timeout=min(wait, 0.5))
         self._streamer.process(batches)  # their reads start at once ...
         self._streamer.advance()  # ... while the reads finished by now are versioned, persisted, produced
-        self.reasserter.step()  # hand-offs seen by now: ask the new owner to have the last word
+        self.reasserter.step()  # hand-offs seen by now (listing or events): ask the new owner for the last word
 
     # -- ownership state ------------------------------------------------------------------------------
 

@@ -120,11 +120,13 @@ class Reasserter:
         self._queue.request_resync([signal.uuid], signal.id)
 
     def _send(self, uuid: str) -> None:
+        after = self._positions.get(uuid)
+        self._positions.forget(uuid)  # no longer ours: memory stays bounded by the domains held here
         if self._topic is None:
             log.info("%s left this host; without a control topic its owner is not asked to publish it "
                      "again (its next resync does)", uuid)
             return
-        signal = ReassertSignal.new(uuid, self._now(), self._host, self._positions.get(uuid))
+        signal = ReassertSignal.new(uuid, self._now(), self._host, after)
         log.info("%s left this host; asking its owner to publish it again (request %s)", uuid, signal.id[:8])
         self.sent += 1
         self._publisher.publish([Message(self._topic, signal.key(), signal.value())], lambda: None)

@@ -10,8 +10,7 @@ root carries ``id='N'`` exactly when the domain is active, which is what ``virDo
 tests), and a domain handle looked up once is kept for the next reads of the same UUID on the same
 connection (a handle names the domain by UUID; every call on it is answered from the domain as it
 is then). A snapshot is three round-trips (XML, state, persistent flag), four the first time; a
-listing's RESYNC record two, its handle and persistence coming from the listing
-(:mod:`bridge.agent.listing`).
+listing's RESYNC record one, the XML, the rest coming from the listing (:mod:`bridge.agent.listing`).
 """
 
 from __future__ import annotations
@@ -149,7 +148,7 @@ class SnapshotReader:
         try:
             dom = self._handle(conn, uuid)
             xml = dom.XMLDesc(0)
-            if listed is not None and listed.persistent is not None:
+            if listed is not None and listed.persistent is not None:  # (checked above; narrows the type)
                 state, reason, persistent = listed.state, listed.reason, listed.persistent
             else:
                 state, reason = dom.state()
