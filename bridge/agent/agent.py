@@ -108,7 +108,8 @@ class Agent:
             self._pipeline = Pipeline(
                 PipelineConfig(s.host_id, s.kafka.domains_topic, s.kafka.hosts_topic, s.resync_interval,
                                s.heartbeat_interval, max_clock_skew=s.max_clock_skew,
-                               control_topic=s.control_topic or None),
+                               control_topic=s.control_topic or None,
+                               heartbeats_topic=s.kafka.heartbeats or None),
                 self._queue, self._session, SnapshotReader(self._session, self._now), self._store,
                 self._publisher, codec, self._current_agent_info, self._now, observer=self.metrics,
             )
@@ -125,9 +126,10 @@ class Agent:
         except BaseException:
             self._teardown()
             raise
-        log.info("agent %s publishing host %s from %s to %s (topics %s, %s); %d event types registered",
-                 self.instance_id[:8], s.host_id, s.libvirt_uri, s.kafka.bootstrap_servers, s.kafka.domains_topic,
-                 s.kafka.hosts_topic, len(capture.registered))
+        log.info("agent %s publishing host %s from %s to %s (topics %s); %d event types registered",
+                 self.instance_id[:8], s.host_id, s.libvirt_uri, s.kafka.bootstrap_servers,
+                 ", ".join(t for t in (s.kafka.domains_topic, s.kafka.hosts_topic, s.kafka.heartbeats) if t),
+                 len(capture.registered))
 
     def stop(self) -> bool:
         """Clean shutdown within ``shutdown_timeout``; True when nothing received was left unpublished."""

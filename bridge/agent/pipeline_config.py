@@ -30,6 +30,17 @@ class PipelineConfig:
     """Seconds host clocks may differ by; a claim's version is taken that far ahead (the version rule)."""
     control_topic: str | None = None
     """Where re-assertion requests go (:mod:`bridge.agent.reassert`); None: not sent."""
+    heartbeats_topic: str | None = None
+    """Where heartbeats go (a HostRecord without its inventory); None: on the hosts topic, each one
+    repeating the inventory."""
+
+    @property
+    def host_record_interval(self) -> float:
+        """How often the full HostRecord is refreshed: every heartbeat when heartbeats share its topic,
+        else once per resync interval (status changes and new inventories go out at once)."""
+        if self.heartbeats_topic is None:
+            return self.heartbeat_interval
+        return max(self.heartbeat_interval, self.resync_interval)
 
 
 @dataclass

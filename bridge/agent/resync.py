@@ -6,12 +6,16 @@ Debezium calls this the snapshot; here *snapshot* is one domain's state, so the 
 other batch), and, once every one of them is acknowledged, publishes the HostRecord whose inventory
 lists them with a ``listed_at`` taken before the listing (:class:`bridge.core.inventory.ResyncTracker`).
 
-The HostRecord is refreshed every heartbeat interval with the latest completed inventory and the
-host's status: ``UP``, ``LIBVIRT_UNREACHABLE`` while libvirt is away, ``STOPPING`` at the end of a
-drain. At most one is in flight, so a Kafka outage does not pile them up.
+The HostRecord carries the latest completed inventory and the host's status: ``UP``,
+``LIBVIRT_UNREACHABLE`` while libvirt is away, ``STOPPING`` at the end of a drain. Every heartbeat
+interval the host heartbeats: on its own topic, a HostRecord without the inventory, so the hosts topic
+gets a record only for a new inventory, a status change, or a refresh once per resync interval (which
+its ``heartbeat_interval_ms`` says, for readers of the hosts topic alone); with no heartbeats topic,
+each heartbeat is the whole HostRecord again. At most one of each is in flight, so a Kafka outage does
+not pile them up.
 
 Runs on the ``pipeline`` thread (see :class:`bridge.agent.pipeline.Pipeline`); the one thing another
-thread touches is the in-flight flag of the HostRecord, an Event the delivery thread clears on its ack.
+thread touches is the in-flight flags, Events the delivery thread clears on their acks.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class Resync:
         self._tracker_listed_wall = 0.0
         self._inventory: HostRecord | None = None
         self._host_in_flight = threading.Event()  # set here, cleared by the ack on the delivery thread
+        self._beat_in_flight = threading.Event()  # the same for the heartbeat
+        self._next_host_record = 0.0
         self._published_resync_id: str | None = None
         self._announced: HostStatus | None = None
         self.next_heartbeat = 0.0
@@ -165,7 +171,7 @@ class Resync:
         self._inventory = HostRecord(
             host=self._cfg.host, agent=self._agent_info(), heartbeat_at=now,
             resync_id=tracker.resync_id, listed_at=tracker.listed_at, domains=tracker.inventory(),
-            heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000), signal_id=self._tracker_signal,
+            signal_id=self._tracker_signal,
         )
         self._stats.resyncs_completed += 1
         self._stats.last_resync_seconds = max(0.0, (now - tracker.listed_at) / 1e6)
@@ -180,33 +186,54 @@ class Resync:
     # -- the HostRecord -----------------------------------------------------------------------------
 
     def heartbeat(self, status: HostStatus) -> None:
-        """Publish the HostRecord when due, and at once when ``status`` differs from the last one sent."""
+        """Heartbeat when due; the full HostRecord when its refresh is due, and at once when ``status``
+        differs from the last one sent (with heartbeats on the hosts topic, every heartbeat is one)."""
         now = time.monotonic()
         changed = status is not self._announced
         if not changed and now < self.next_heartbeat:
             return
-        if self.publish_host(status) or not changed:
+        if changed or self._cfg.heartbeats_topic is None or now >= self._next_host_record:
+            sent = self.publish_host(status)
+        else:
+            sent = self._publish_beat(status, self._now())
+        if sent or not changed:
             self.next_heartbeat = now + self._cfg.heartbeat_interval
         else:
             self.next_heartbeat = now + min(0.2, self._cfg.heartbeat_interval)  # the change waits for the ack
 
     def publish_host(self, status: HostStatus) -> bool:
-        """Produce the HostRecord with ``status``; False if held back behind the one in flight."""
-        # One heartbeat in flight at most: during a Kafka outage they must not pile up in the
+        """Produce the HostRecord with ``status`` (and a heartbeat saying the same); False if held back
+        behind the one in flight."""
+        # One of each in flight at most: during a Kafka outage they must not pile up in the
         # producer's queue (memory stays bounded by the number of domains, not the outage's length).
         # A new inventory and STOPPING are not held back.
-        base = self._inventory or HostRecord(
-            host=self._cfg.host, agent=self._agent_info(), heartbeat_at=0,
-            heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000),
-        )
+        base = self._inventory or HostRecord(host=self._cfg.host, agent=self._agent_info(), heartbeat_at=0)
         if (self._host_in_flight.is_set() and status is not HostStatus.STOPPING
                 and base.resync_id == self._published_resync_id):
             return False
-        record = replace(base, agent=self._agent_info(), heartbeat_at=self._now(), status=status)
+        at = self._now()
+        record = replace(base, agent=self._agent_info(), heartbeat_at=at, status=status,
+                         heartbeat_interval_ms=int(self._cfg.host_record_interval * 1000))
         msg = Message(self._cfg.hosts_topic, self._cfg.host.encode(), self._codec.encode_host(record),
                       cloud_events.host_headers(record))
         self._host_in_flight.set()
         self._published_resync_id = base.resync_id
         self._announced = status
+        self._next_host_record = time.monotonic() + self._cfg.host_record_interval
         self._publisher.publish([msg], self._host_in_flight.clear)
+        self._publish_beat(status, at)
+        return True
+
+    def _publish_beat(self, status: HostStatus, at: int) -> bool:
+        """Produce a heartbeat (a HostRecord without the inventory) if heartbeats have their own topic."""
+        topic = self._cfg.heartbeats_topic
+        if topic is None or (self._beat_in_flight.is_set() and status is not HostStatus.STOPPING):
+            return False
+        resync_id = self._inventory.resync_id if self._inventory is not None else None
+        beat = HostRecord(host=self._cfg.host, agent=self._agent_info(), heartbeat_at=at, status=status,
+                          resync_id=resync_id, heartbeat_interval_ms=int(self._cfg.heartbeat_interval * 1000))
+        msg = Message(topic, self._cfg.host.encode(), self._codec.encode_heartbeat(beat),
+                      cloud_events.heartbeat_headers(beat))
+        self._beat_in_flight.set()
+        self._publisher.publish([msg], self._beat_in_flight.clear)
         return True

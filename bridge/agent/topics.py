@@ -17,15 +17,15 @@ from bridge.logging_setup import librdkafka_logger
 
 log = logging.getLogger(__name__)
 
-MAX_COMPACTION_LAG_MS = {"domains": 3_600_000, "hosts": 600_000}
+MAX_COMPACTION_LAG_MS = {"domains": 60_000, "hosts": 600_000, "heartbeats": 60_000}
 """``max.compaction.lag.ms`` the agent creates its topics with: how long a record may wait before the
 cleaner may compact it away. A stock broker never forces it and rolls a segment only after
 ``segment.ms`` (7 days), and the active segment is never compacted, so a fresh consumer would read a
-week of records and of heartbeats (each repeats the host's inventory). With the lag set, the broker
-rolls the active segment once its first record is that old (KIP-354): what a fresh consumer reads is
-each key's latest message plus at most that much history. Heartbeats are most of the hosts topic,
-hence its shorter lag."""
-
+week of records. With the lag set, the broker rolls the active segment once its first record is that
+old (KIP-354) and the cleaner compacts it soon after: what a fresh consumer reads is each key's latest
+message plus about two lags of history. Every resync rewrites each domain once, so on the domains
+topic that history is about 2 x lag / ``--resync-interval`` of the fleet (0.4 x at the defaults);
+the hosts topic gets a record per host per resync interval, the heartbeats topic one per heartbeat."""
 
 class Admin(AdminClient):
     """An admin client that remembers the security problems librdkafka reports (see ProblemWatcher)."""
@@ -90,7 +90,7 @@ def check_reachable(admin: AdminClient, bootstrap: str, timeout: float) -> int:
 def prepare_topics(kafka: KafkaSettings, *, partitions: int, replication_factor: int | None,
                    control_topic: str | None, timeout: float) -> None:
     """Before the agent starts: Kafka reachable within ``timeout``, and the domains, hosts and (if set)
-    control topics present and compacted, created if missing. ``replication_factor`` None means
+    heartbeats and control topics present and compacted, created if missing. ``replication_factor`` None means
     min(3, number of brokers). UserError for anything the user must fix."""
     admin = admin_client(kafka.client_config())
     try:
@@ -101,6 +101,9 @@ def prepare_topics(kafka: KafkaSettings, *, partitions: int, replication_factor:
         extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
         topics = {kafka.domains_topic: partitions, kafka.hosts_topic: min(3, partitions)}
         per_topic = {kafka.domains_topic: _lag_config("domains"), kafka.hosts_topic: _lag_config("hosts")}
+        if kafka.heartbeats:
+            topics[kafka.heartbeats] = min(3, partitions)
+            per_topic[kafka.heartbeats] = _lag_config("heartbeats")
         if control_topic:
             topics[control_topic] = 1  # a signal per target host or migrated domain, compacted: small
         ensure_compacted_topics(admin, topics, rf, extra_config=extra, timeout=max(10.0, timeout),

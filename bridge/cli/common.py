@@ -14,6 +14,9 @@ KAFKA_OPTIONS: tuple[Option, ...] = (
            metavar="TOPIC"),
     Option("hosts_topic", "compacted topic of HostRecords, keyed by host id", "libvirt.hosts",
            metavar="TOPIC"),
+    Option("heartbeats_topic", "compacted topic of heartbeats (HostRecords without the inventory), keyed by "
+           "host id; default: the hosts topic's name + '.heartbeats'; empty: heartbeat on the hosts topic, "
+           "each heartbeat repeating the inventory", None, metavar="TOPIC"),
     Option("kafka_config", "librdkafka setting passed through, e.g. security.protocol=SASL_SSL; "
            "repeatable, or a [kafka] table in the config file", None, parse_secret_key_values,
            metavar="KEY=VALUE", repeatable_kv=True),

@@ -48,7 +48,10 @@ def topic_checks(admin: AdminClient, s: AgentSettings) -> Iterator[Result]:
         return
     brokers = len(meta.brokers)
     need_ms = int(TOMBSTONE_RESYNCS * s.resync_interval * 1000)
-    for topic in (k.domains_topic, k.hosts_topic):
+    kinds = {k.domains_topic: "domains", k.hosts_topic: "hosts"}
+    if k.heartbeats:
+        kinds[k.heartbeats] = "heartbeats"
+    for topic, kind in kinds.items():
         name = f"topic {topic}"
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
@@ -89,12 +92,13 @@ def topic_checks(admin: AdminClient, s: AgentSettings) -> Iterator[Result]:
         else:
             yield Result(OK, f"{name} delete.retention.ms", f"{retention} ms >= {TOMBSTONE_RESYNCS} x "
                          f"--resync-interval {interval}")
-        yield _compaction_lag_result(name, config, topic == k.hosts_topic, alter)
+        repeats = kind == "heartbeats" or (kind == "hosts" and not k.heartbeats)
+        yield _compaction_lag_result(name, config, kind, alter, repeats)
 
 
-def _compaction_lag_result(name: str, config: dict[str, str], hosts: bool, alter: str) -> Result:
+def _compaction_lag_result(name: str, config: dict[str, str], kind: str, alter: str, heartbeats: bool) -> Result:
     """How much history a fresh consumer reads before it is compacted away (see MAX_COMPACTION_LAG_MS)."""
-    want = MAX_COMPACTION_LAG_MS["hosts" if hosts else "domains"]
+    want = MAX_COMPACTION_LAG_MS[kind]
     lag, segment = config.get("max.compaction.lag.ms", ""), config.get("segment.ms", "")
     bound = min(int(v) for v in (lag, segment) if v.isdigit()) if lag.isdigit() or segment.isdigit() else None
     if bound is None or bound > _HISTORY_WARN_MS:
@@ -102,7 +106,8 @@ def _compaction_lag_result(name: str, config: dict[str, str], hosts: bool, alter
         return Result(WARN, f"{name} max.compaction.lag.ms",
                       f"{shown} (segment.ms {segment or 'unset'}): records wait that long before the "
                       "cleaner may compact them, so a fresh consumer reads that much history"
-                      + (", every heartbeat with its host's inventory" if hosts else ""),
+                      + (", every heartbeat" if heartbeats else "")
+                      + (" with its host's inventory" if heartbeats and kind == "hosts" else ""),
                       f"{alter} max.compaction.lag.ms={want}")
     return Result(OK, f"{name} max.compaction.lag.ms", f"history compacted within {bound} ms")
 
@@ -151,14 +156,19 @@ def clock_check(s: AgentSettings, now: Callable[[], float] = time.time) -> Resul
         codec = k.codec()
     except UserError as exc:
         return Result(SKIP, name, f"cannot decode heartbeats: {exc}")
-    latest = _latest_messages(k.client_config(), k.hosts_topic, max(5.0, s.kafka_connect_timeout))
+    # The heartbeats topic has the freshest word of every host; agents without one heartbeat on the hosts topic.
+    topic, decode = k.heartbeats or k.hosts_topic, codec.decode_heartbeat if k.heartbeats else codec.decode_host
+    latest = _latest_messages(k.client_config(), topic, max(5.0, s.kafka_connect_timeout))
+    if latest is None and topic != k.hosts_topic:
+        topic, decode = k.hosts_topic, codec.decode_host
+        latest = _latest_messages(k.client_config(), topic, max(5.0, s.kafka_connect_timeout))
     if latest is None:
-        return Result(SKIP, name, f"no heartbeats on {k.hosts_topic} yet to compare with")
+        return Result(SKIP, name, f"no heartbeats on {k.heartbeats or k.hosts_topic} yet to compare with")
     read_at = now()
     ahead: list[tuple[float, str]] = []  # (seconds in this host's future, whose)
     for ts_type, ts_ms, key, value in latest:
         try:
-            record = codec.decode_host(value, key).record
+            record = decode(value, key).record
         except DecodeError:
             continue
         ahead.append((ts_ms / 1000 - read_at, "the broker" if ts_type == TIMESTAMP_LOG_APPEND_TIME
@@ -168,7 +178,7 @@ def clock_check(s: AgentSettings, now: Callable[[], float] = time.time) -> Resul
             # This host wrote heartbeat_at just before the broker appended it: it cannot be later.
             ahead.append((record.heartbeat_at / 1e6 - ts_ms / 1000, "this host (vs the broker)"))
     if not ahead:
-        return Result(SKIP, name, f"no decodable heartbeat on {k.hosts_topic}")
+        return Result(SKIP, name, f"no decodable heartbeat on {topic}")
     worst, whose = max(ahead)
     hosts = len(latest)
     bound_ms = s.max_clock_skew * 1000
@@ -178,7 +188,7 @@ def clock_check(s: AgentSettings, now: Callable[[], float] = time.time) -> Resul
                       "run NTP (chrony or systemd-timesyncd) on every host and check `chronyc tracking`: "
                       "versions across a live migration rely on clocks agreeing within the bound")
     return Result(OK, name, f"no clock ahead of this host's by more than --max-clock-skew {bound_ms:g} ms "
-                  f"({hosts} heartbeat(s) on {k.hosts_topic}; a clock behind shows as an old heartbeat)")
+                  f"({hosts} heartbeat(s) on {topic}; a clock behind shows as an old heartbeat)")
 
 
 def _latest_messages(client_config: dict[str, str], topic: str, timeout: float

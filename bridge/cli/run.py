@@ -92,8 +92,7 @@ def settings_from(values: dict[str, Any]) -> AgentSettings:
     if not kafka.bootstrap_servers.strip():
         raise UserError("--bootstrap-servers must not be empty")
     producer_config(kafka.client_config())  # refuse pass-through that breaks the guarantees, before any I/O
-    if kafka.domains_topic == kafka.hosts_topic:
-        raise UserError(f"--topic and --hosts-topic must differ (both are {kafka.domains_topic!r})")
+    kafka.check_distinct()
     return AgentSettings(
         host_id=host_id, state_dir=values["state_dir"], kafka=kafka, libvirt_uri=values["libvirt_uri"],
         read_only=values["read_only"], resync_interval=values["resync_interval"],

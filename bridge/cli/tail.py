@@ -23,7 +23,7 @@ from bridge.kafka_problems import KAFKA_CONFIG_PLACES, ProblemWatcher, error_tex
 from bridge.kafka_settings import KafkaSettings
 from bridge.logging_setup import librdkafka_logger
 from bridge.records import DomainRecord
-from bridge.serde import DomainTombstone, HostTombstone, MessageDecoder
+from bridge.serde import DomainTombstone, Heartbeat, HostTombstone, MessageDecoder
 
 OPTIONS: tuple[Option, ...] = (
     *KAFKA_OPTIONS,
@@ -157,10 +157,12 @@ def _render(msg: Any, decoder: MessageDecoder, values: dict[str, Any], as_json: 
             if no_xml:
                 obj.pop("xml")
         else:
-            if want_uuid or (want_host and payload.host != want_host):
+            # tail reads no heartbeats topic; were one decoded, it would show as its host's record.
+            record = payload.record if isinstance(payload, Heartbeat) else payload
+            if record is None or want_uuid or (want_host and record.host != want_host):
                 return None
-            obj = asdict(payload)
-            obj["status"] = payload.status.value
+            obj = asdict(record)
+            obj["status"] = record.status.value
     obj = {**where, **obj}
     return json.dumps(obj, default=str) if as_json else _text_line(obj)
 

@@ -116,7 +116,7 @@ class Informer:
         codec = self._codec or self._settings.codec()
         reflector = Reflector(
             self._client_config, codec, domains_topic=self._settings.domains_topic,
-            hosts_topic=self._settings.hosts_topic,
+            hosts_topic=self._settings.hosts_topic, heartbeats_topic=self._settings.heartbeats,
             sink=lambda batch: self._view.apply(batch, self._fanout.publish), start=self._start_position,
             consumer_factory=self._consumer_factory,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from bridge.kafka_problems import error_text
 
@@ -15,19 +15,24 @@ class NotReady(Exception):
 
 
 def list_partitions(consumer: Any, topics: Iterable[str], timeout: float,
-                    settings: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(topic, partition) for every partition of ``topics``; NotReady if Kafka or a topic is missing.
+                    settings: Mapping[str, Any], optional: Iterable[str] = ()) -> list[tuple[str, int]]:
+    """(topic, partition) for every partition of ``topics`` and of the ``optional`` topics that exist;
+    NotReady if Kafka or one of ``topics`` is missing.
 
     ``settings`` are the client's, so a secret in an error text is masked.
     """
     out: list[tuple[str, int]] = []
-    for topic in topics:
+    required = list(topics)
+    for topic in [*required, *optional]:
         try:
             meta = consumer.list_topics(topic, timeout=timeout)
         except KafkaException as exc:
             raise NotReady(f"cannot reach Kafka: {error_text(exc, settings)}") from None
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            if topic not in required and (tmeta is None or tmeta.error is None
+                                          or tmeta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+                continue  # an optional topic that does not exist
             error = tmeta.error if tmeta is not None else None
             reason = error.str() if error is not None else "no partitions"
             raise NotReady(f"topic {topic} is not available: {reason}")

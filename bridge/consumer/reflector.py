@@ -1,6 +1,6 @@
-"""The reflector: reads both topics from a position and hands decoded messages to a sink.
+"""The reflector: reads the bridge's topics from a position and hands decoded messages to a sink.
 
-It assigns every partition of the two topics itself (no consumer group, nothing committed), from the
+It assigns every partition of the topics itself (no consumer group, nothing committed), from the
 start position or the beginning, decodes each message with :class:`~bridge.serde.MessageDecoder`, and
 skips what it cannot decode (counted, and logged with topic, partition and offset). It notes the high
 watermarks when it first reaches Kafka and reports *synced* once it has read up to all of them.
@@ -8,9 +8,9 @@ watermarks when it first reaches Kafka and reports *synced* once it has read up 
 It never gives up on a transient problem: an unreachable cluster or a missing topic is retried with
 backoff and shown in :attr:`Reflector.last_error`. Only wrong security settings seen before it first
 reads (refused credentials, an untrusted broker certificate) stop it, with a :class:`KafkaAccessError`
-naming the setting. It runs on a thread its owner starts (the informer);
-:meth:`Reflector.run` returns when the owner's stop event is set. Partitions added while it runs are
-not read until the next start (adding partitions also moves keys, which the bridge does not support).
+naming the setting. It runs on a thread its owner starts (the informer); :meth:`Reflector.run` returns
+when the owner's stop event is set. Partitions added while it runs are not read until the next start
+(adding partitions also moves keys, which the bridge does not support).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ ConsumerFactory = Callable[[dict[str, Any]], KafkaConsumer]
 
 
 class Reflector:
-    """Reads ``domains_topic`` and ``hosts_topic`` into ``sink`` (see the module doc)."""
+    """Reads ``domains_topic``, ``hosts_topic`` and, once it exists, ``heartbeats_topic`` into ``sink``."""
 
     def __init__(
         self,
@@ -78,6 +78,7 @@ class Reflector:
         domains_topic: str,
         hosts_topic: str,
         sink: Sink,
+        heartbeats_topic: str = "",  # "" or missing: liveness from HostRecords alone
         start: Position | None = None,
         batch_size: int = 500,
         poll_timeout: float = 0.2,
@@ -85,11 +86,11 @@ class Reflector:
         max_backoff: float = 10.0,
         consumer_factory: ConsumerFactory = Consumer,
     ) -> None:
-        if domains_topic == hosts_topic:
-            raise UserError(f"the domains and hosts topics must differ (both are {domains_topic!r})")
-        self._decoder = MessageDecoder(codec, domains_topic, hosts_topic)
-        self._domains_topic = domains_topic
-        self._hosts_topic = hosts_topic
+        if len({domains_topic, hosts_topic, heartbeats_topic} - {""}) < 2 + bool(heartbeats_topic):
+            raise UserError(f"the topics must differ: {domains_topic!r}, {hosts_topic!r}, {heartbeats_topic!r}")
+        self._decoder = MessageDecoder(codec, domains_topic, hosts_topic, heartbeats_topic)
+        self._topics = (domains_topic, hosts_topic)
+        self._optional = (heartbeats_topic,) if heartbeats_topic else ()
         self._sink = sink
         # Mutable during a poll (one update per message); a Position is built once per poll batch.
         self._next: dict[tuple[str, int], int] = dict(start) if start is not None else {}
@@ -175,8 +176,8 @@ class Reflector:
         timeout = min(1.0, self._request_timeout)
         while not stop.is_set():
             try:
-                partitions = list_partitions(self._consumer, (self._domains_topic, self._hosts_topic), timeout,
-                                             self._settings)
+                partitions = list_partitions(self._consumer, self._topics, timeout, self._settings,
+                                             optional=self._optional)
                 self._targets = high_watermarks(self._consumer, partitions, timeout, self._settings)
             except NotReady as exc:
                 self._set_error(str(exc))
@@ -192,8 +193,8 @@ class Reflector:
             ])
             self._set_error(None)
             self._connected = True
-            log.info("reading %s and %s (%d partitions) from %s; sync target %s",
-                     self._domains_topic, self._hosts_topic, len(partitions),
+            read = sorted({t for t, _ in partitions})
+            log.info("reading %s (%d partitions) from %s; sync target %s", ", ".join(read), len(partitions),
                      Position(self._next).encode() or "the beginning",
                      Position(self._targets).encode() or "(empty topics)")
             self._deliver(())  # topics that are empty (or a start past the targets) are synced already
@@ -245,7 +246,7 @@ class Reflector:
         if not self._synced:
             self._synced = all(self._next.get(key, 0) >= high for key, high in self._targets.items())
             if self._synced:
-                log.info("synced: read %s up to the high watermarks seen at start", self._domains_topic)
+                log.info("synced: read %s up to the high watermarks seen at start", self._topics[0])
         self._sink(PollBatch(messages, Position(self._next), self._synced))
 
     def _decode(self, source: Offset, key: bytes | None, value: bytes | None,

@@ -6,7 +6,9 @@ contract in DESIGN.md ("The consumer's contract", "Resync rule"):
 - a DomainRecord is applied only if its version is newer than every version seen for its UUID;
 - ``DELETED`` and tombstones remove the domain;
 - a HostRecord's inventory removes every domain attributed to that host whose version is below
-  ``listed_at`` and that the inventory does not list (a delete missed during an outage or crash).
+  ``listed_at`` and that the inventory does not list (a delete missed during an outage or crash);
+- a heartbeat (heartbeats topic) updates a host's liveness only: status, agent and time come from
+  whichever of the host's HostRecord and heartbeat is newer, the inventory from the HostRecord alone.
 
 The final view does not depend on how the two topics, or different keys, interleave; only each
 key's own order matters. That is why the inventory rule also runs when a record arrives *after* the
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bridge.consumer.changes import Change, ChangeCause, ChangeType
 from bridge.consumer.position import Offset
@@ -50,7 +52,8 @@ class Outcome(enum.StrEnum):
     APPLIED = "applied"
     """Newer than anything seen for its key: taken into the view (the view may not have changed)."""
     OLDER = "older"
-    """Not newer than a version already seen for the UUID (duplicate or out of order): skipped."""
+    """Not newer than a version already seen for the UUID (duplicate or out of order), or a heartbeat
+    not newer than the host's latest: skipped."""
     LISTED_AWAY = "listed-away"
     """Newer, but its host's latest inventory says the host no longer had the domain: not shown."""
     NO_OP = "no-op"
@@ -139,10 +142,14 @@ class Store:
 
     def apply_host(self, record: HostRecord, source: Offset | None = None) -> ApplyResult:
         """Store a HostRecord and reconcile its inventory if it reports a newer resync."""
+        known = self._hosts.get(record.host)
+        if known is not None and known.heartbeat_at > record.heartbeat_at:
+            # A heartbeat read first is newer news of the host's liveness; the inventory is this record's.
+            record = _with_liveness(record, known)
         self._hosts[record.host] = record
         listed_at = record.listed_at
         current = self._listings.get(record.host)
-        # Heartbeats repeat the latest listing; an older one (agent state lost) cannot list away more
+        # Refreshes repeat the latest listing; an older one (agent state lost) cannot list away more
         # than the newer one already did, so only a newer listing triggers reconciliation.
         if listed_at is None or (current is not None and listed_at <= current.listed_at):
             return ApplyResult(Outcome.APPLIED)
@@ -154,6 +161,16 @@ class Store:
             if listing.lists_away(held):
                 changes.extend(self._remove(uuid, held.version, ChangeCause.INVENTORY, source))
         return ApplyResult(Outcome.APPLIED, tuple(changes))
+
+    def apply_heartbeat(self, beat: HostRecord) -> ApplyResult:
+        """Take a heartbeat's liveness (status, agent, time, interval) if newer than the host's; never
+        its inventory, which only the hosts topic carries."""
+        held = self._hosts.get(beat.host)
+        if held is not None and beat.heartbeat_at <= held.heartbeat_at:
+            return ApplyResult(Outcome.OLDER)
+        base = held if held is not None else HostRecord(host=beat.host, agent=beat.agent, heartbeat_at=0)
+        self._hosts[beat.host] = _with_liveness(base, beat)
+        return ApplyResult(Outcome.APPLIED)
 
     def apply_host_tombstone(self, host: str, source: Offset | None = None) -> ApplyResult:
         """Forget a decommissioned host. Its domains stay: a tombstone says nothing about them."""
@@ -249,3 +266,9 @@ class Store:
             uuids.discard(record.uuid)
             if not uuids:
                 del self._by_host[record.host]
+
+
+def _with_liveness(record: HostRecord, beat: HostRecord) -> HostRecord:
+    """``record`` (its resync and inventory) with ``beat``'s liveness."""
+    return replace(record, agent=beat.agent, heartbeat_at=beat.heartbeat_at, status=beat.status,
+                   heartbeat_interval_ms=beat.heartbeat_interval_ms)

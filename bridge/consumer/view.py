@@ -21,9 +21,9 @@ from bridge.consumer.history import ChangeHistory
 from bridge.consumer.position import Position
 from bridge.consumer.reflector import PollBatch
 from bridge.consumer.snapshot import Snapshot
-from bridge.consumer.store import Outcome, Store
+from bridge.consumer.store import ApplyResult, Outcome, Store
 from bridge.records import DomainRecord, HostRecord
-from bridge.serde import DomainTombstone, HostTombstone
+from bridge.serde import DomainTombstone, Heartbeat, HostTombstone
 
 T = TypeVar("T")
 
@@ -83,6 +83,13 @@ class View:
                 elif isinstance(payload, HostRecord):
                     result = self._store.apply_host(payload, source)
                     hosts_changed = True
+                elif isinstance(payload, Heartbeat):
+                    if payload.record is None:
+                        result = ApplyResult(Outcome.NO_OP)
+                    else:
+                        # No prune after it: a heartbeat moves no listing, and a host it revives only
+                        # lowers the horizon.
+                        result = self._store.apply_heartbeat(payload.record)
                 else:
                     assert isinstance(payload, HostTombstone)
                     result = self._store.apply_host_tombstone(payload.host, source)

@@ -9,12 +9,12 @@
 Readers accept both, whatever the writer chose, through one path: :class:`MessageDecoder`.
 """
 
-from bridge.serde.message_decoder import Decoded, DomainTombstone, HostTombstone, MessageDecoder, Payload
+from bridge.serde.message_decoder import Decoded, DomainTombstone, Heartbeat, HostTombstone, MessageDecoder, Payload
 from bridge.serde.read_as import ReadAs
 from bridge.serde.record_codec import RecordCodec
 from bridge.serde.schema_files import domain_schema, host_schema, load_schema
 
 __all__ = [
-    "Decoded", "DomainTombstone", "HostTombstone", "MessageDecoder", "Payload", "ReadAs", "RecordCodec",
+    "Decoded", "DomainTombstone", "Heartbeat", "HostTombstone", "MessageDecoder", "Payload", "ReadAs", "RecordCodec",
     "domain_schema", "host_schema", "load_schema",
 ]

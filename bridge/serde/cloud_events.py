@@ -29,6 +29,7 @@ DOMAIN_TYPES = {
 }
 TOMBSTONE_TYPE = f"{TYPE_PREFIX}.domain.tombstone"
 HOST_TYPE = f"{TYPE_PREFIX}.host.status"
+HEARTBEAT_TYPE = f"{TYPE_PREFIX}.host.heartbeat"
 
 
 def source(host: str) -> str:
@@ -52,6 +53,12 @@ def host_headers(record: HostRecord) -> Headers:
     """Headers for a HostRecord message."""
     return _headers(f"{record.host}/{record.agent.instance_id}/{record.heartbeat_at}", record.host, HOST_TYPE,
                     record.heartbeat_at, record.host, CONTENT_TYPE)
+
+
+def heartbeat_headers(record: HostRecord) -> Headers:
+    """Headers for a heartbeat message (its id differs from the HostRecord sent at the same instant)."""
+    return _headers(f"{record.host}/{record.agent.instance_id}/{record.heartbeat_at}/heartbeat", record.host,
+                    HEARTBEAT_TYPE, record.heartbeat_at, record.host, CONTENT_TYPE)
 
 
 def _headers(event_id: str, host: str, ce_type: str, time_us: int, subject: str,

@@ -31,7 +31,18 @@ class HostTombstone:
     host: str
 
 
-Payload = DomainRecord | HostRecord | DomainTombstone | HostTombstone
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A message on the heartbeats topic: ``host``'s liveness (status, agent, time), never its inventory.
+
+    ``record`` is None for a tombstone there, which forgets nothing (the hosts topic's tombstone does).
+    """
+
+    host: str
+    record: HostRecord | None
+
+
+Payload = DomainRecord | HostRecord | DomainTombstone | HostTombstone | Heartbeat
 
 HeaderValue = str | bytes | None
 Headers = Sequence[tuple[str, HeaderValue]] | Mapping[str, HeaderValue] | None
@@ -47,12 +58,13 @@ class Decoded:
 
 
 class MessageDecoder:
-    """Decodes the messages of one pair of topics (domains, hosts)."""
+    """Decodes the messages of the bridge's topics (domains, hosts and, if set, heartbeats)."""
 
-    def __init__(self, codec: RecordCodec, domains_topic: str, hosts_topic: str) -> None:
+    def __init__(self, codec: RecordCodec, domains_topic: str, hosts_topic: str, heartbeats_topic: str = "") -> None:
         self._codec = codec
         self._domains_topic = domains_topic
         self._hosts_topic = hosts_topic
+        self._heartbeats_topic = heartbeats_topic
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = None) -> Decoded:
         """The payload of one message; raises DecodeError naming why it is not one of ours."""
@@ -67,7 +79,15 @@ class MessageDecoder:
                 return Decoded(HostTombstone(_tombstone_key(key, uuid=False)))
             host = self._codec.decode_host(value, key)
             return Decoded(host.record, host.read_as)
-        raise DecodeError(f"topic {topic} is neither {self._domains_topic} nor {self._hosts_topic}")
+        if topic == self._heartbeats_topic and topic:
+            if value is None:
+                return Decoded(Heartbeat(_tombstone_key(key, uuid=False), None))
+            beat = self._codec.decode_heartbeat(value, key)
+            return Decoded(Heartbeat(beat.record.host, beat.record), beat.read_as)
+        raise DecodeError(f"topic {topic} is not one of {', '.join(self._topics())}")
+
+    def _topics(self) -> list[str]:
+        return [t for t in (self._domains_topic, self._hosts_topic, self._heartbeats_topic) if t]
 
 
 def _check_cloud_event_type(headers: Headers) -> None:

@@ -66,15 +66,22 @@ class RecordCodec:
         registry: Any | None = None,
         domains_topic: str = "libvirt.domains",
         hosts_topic: str = "libvirt.hosts",
+        heartbeats_topic: str = "libvirt.hosts.heartbeats",
     ) -> None:
         self._domain = _TopicCodec("domain_record", domain_schema(), registry, f"{domains_topic}-value")
         self._host = _TopicCodec("host_record", host_schema(), registry, f"{hosts_topic}-value")
+        # A heartbeat is a HostRecord without its inventory, on its own topic (and registry subject).
+        self._beat = _TopicCodec("host_record", host_schema(), registry, f"{heartbeats_topic}-value")
 
     def encode_domain(self, record: DomainRecord) -> bytes:
         return self._domain.encode(record.to_avro())
 
     def encode_host(self, record: HostRecord) -> bytes:
         return self._host.encode(record.to_avro())
+
+    def encode_heartbeat(self, record: HostRecord) -> bytes:
+        """A heartbeat: ``record`` as sent on the heartbeats topic (the caller leaves the inventory out)."""
+        return self._beat.encode(record.to_avro())
 
     def decode_domain(self, data: bytes | None, key: bytes | None = None) -> Decoded[DomainRecord]:
         """Decode and validate a DomainRecord; raises DecodeError for anything else."""
@@ -92,13 +99,21 @@ class RecordCodec:
 
     def decode_host(self, data: bytes | None, key: bytes | None = None) -> Decoded[HostRecord]:
         """Decode and validate a HostRecord; raises DecodeError for anything else."""
-        value, read_as = self._host.decode(data)
-        try:
-            record = HostRecord.from_avro(value)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise DecodeError(f"not a valid HostRecord: {exc}") from exc
-        _check_key(key, record.host, "HostRecord host", read_as)
-        return Decoded(record, read_as)
+        return _host_record(self._host.decode(data), key)
+
+    def decode_heartbeat(self, data: bytes | None, key: bytes | None = None) -> Decoded[HostRecord]:
+        """Decode and validate a heartbeat (a HostRecord; any inventory in it is not one to act on)."""
+        return _host_record(self._beat.decode(data), key)
+
+
+def _host_record(decoded: tuple[dict[str, Any], ReadAs], key: bytes | None) -> Decoded[HostRecord]:
+    value, read_as = decoded
+    try:
+        record = HostRecord.from_avro(value)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DecodeError(f"not a valid HostRecord: {exc}") from exc
+    _check_key(key, record.host, "HostRecord host", read_as)
+    return Decoded(record, read_as)
 
 
 def _check_key(key: bytes | None, field_value: str, what: str, read_as: ReadAs) -> None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from bridge.agent.publisher import Message
 from bridge.serde import MessageDecoder, Payload
-from tests.fakes.records import CODEC, DOMAINS, HOSTS
+from tests.fakes.records import CODEC, DOMAINS, HEARTBEATS, HOSTS
 
-_DECODER = MessageDecoder(CODEC, DOMAINS, HOSTS)
+_DECODER = MessageDecoder(CODEC, DOMAINS, HOSTS, HEARTBEATS)
 
 
 def decode(message: Message) -> Payload:

@@ -7,8 +7,9 @@ from bridge.serde import RecordCodec, cloud_events
 
 DOMAINS = "libvirt.domains"
 HOSTS = "libvirt.hosts"
+HEARTBEATS = "libvirt.hosts.heartbeats"
 AGENT = AgentInfo("agent-1", "test", "9.0.0")
-CODEC = RecordCodec(domains_topic=DOMAINS, hosts_topic=HOSTS)
+CODEC = RecordCodec(domains_topic=DOMAINS, hosts_topic=HOSTS, heartbeats_topic=HEARTBEATS)
 
 
 def uuid_of(n: int) -> str:

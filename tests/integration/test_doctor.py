@@ -47,12 +47,15 @@ def test_a_healthy_setup_passes_next_to_its_running_agent(kafka, libvirt_host, a
                   f"{MAX_COMPACTION_LAG_MS['domains']} ms",
                   f"topic {agent.hosts_topic} max.compaction.lag.ms: history compacted within "
                   f"{MAX_COMPACTION_LAG_MS['hosts']} ms",
-                  "no clock ahead of this host's by more than --max-clock-skew 50 ms (1 heartbeat(s)"):
+                  f"topic {agent.hosts_topic}.heartbeats max.compaction.lag.ms: history compacted within "
+                  f"{MAX_COMPACTION_LAG_MS['heartbeats']} ms",
+                  "no clock ahead of this host's by more than --max-clock-skew 50 ms (1 heartbeat(s) on "
+                  f"{agent.hosts_topic}.heartbeats"):
         assert check in out, out
     # The running agent holds the state directory's lock: said, with what to do, but not a failure.
     (in_use,) = [line for line in lines(result, "WARN") if "state dir" in line]
     assert "in use by a running agent" in in_use and "Fix:" in in_use
-    assert out.splitlines()[-1] == "doctor: 12 ok, 1 warning(s), 0 failed, 0 skipped", out
+    assert out.splitlines()[-1] == "doctor: 16 ok, 1 warning(s), 0 failed, 0 skipped", out
     assert "Traceback" not in result.stderr
 
     agent.terminate()
@@ -100,7 +103,7 @@ def test_an_unreachable_libvirt_fails_with_the_fix(kafka, tmp_path):
     assert "skip  libvirt events: libvirt not reachable" in result.stdout
     assert "ok    kafka:" in result.stdout  # the other checks still run
     # Topics that do not exist yet are the agent's to create: a warning with its condition, no failure.
-    assert sum("does not exist; run creates it compacted" in line for line in lines(result, "WARN")) == 2
+    assert sum("does not exist; run creates it compacted" in line for line in lines(result, "WARN")) == 3
 
 
 def test_a_too_short_delete_retention_fails_with_the_fix(kafka, libvirt_host, tmp_path):
@@ -122,7 +125,7 @@ def test_a_too_short_delete_retention_fails_with_the_fix(kafka, libvirt_host, tm
     assert len(lag) == 2, shorter.stdout
     assert "unset (segment.ms 604800000)" in lag[0] and "a fresh consumer reads that much history" in lag[0]
     assert f"--entity-name {topics[0]} --add-config max.compaction.lag.ms={MAX_COMPACTION_LAG_MS['domains']}" in lag[0]
-    assert "every heartbeat with its host's inventory" in lag[1]
+    assert "every heartbeat" not in lag[1], "heartbeats have their own topic (which does not exist here)"
     assert f"--add-config max.compaction.lag.ms={MAX_COMPACTION_LAG_MS['hosts']}" in lag[1]
 
 

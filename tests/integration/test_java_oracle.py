@@ -24,7 +24,7 @@ DOMAIN_PARTITIONS = 6  # the agent gives the hosts topic min(3, this)
 def test_java_decodes_every_message_and_agrees_on_every_partition(kafka, libvirt_host, topics, agent_factory,
                                                                     test_conn, recorder):
     """After a 220-operation churn, the Java oracle (independent on purpose: Kafka's and Avro's own code)
-    decodes 100% of both topics and finds every key in the partition a Java producer would pick."""
+    decodes 100% of the topics and finds every key in the partition a Java producer would pick."""
     jar = oracle_jar()
     agent = agent_factory(libvirt_host.test_uri, extra=["--partitions", str(DOMAIN_PARTITIONS)]).start()
     prefix = unique_name("oracle")
@@ -57,6 +57,18 @@ def test_java_decodes_every_message_and_agrees_on_every_partition(kafka, libvirt
         assert (java["messages"], java["tombstones"]) == (len(raws), tombstones), topic
         assert java["decoded"] == java["messages"] - java["tombstones"] > 0, topic  # 100% decoded
         assert java["decode_failures"] == java["wrong_partition"] == java["key_mismatch"] == 0, topic
+    # Heartbeats are HostRecords on their own topic: the same schema, the same checks.
+    beats_topic = f"{topics[1]}.heartbeats"
+    beats_run = run_java(jar, ["check-topics", "--bootstrap-servers", kafka.bootstrap_servers,
+                               "--domains-topic", topics[0], "--hosts-topic", beats_topic,
+                               "--domain-schema", str(DOMAIN_AVSC), "--host-schema", str(HOST_AVSC),
+                               "--timeout-s", "60"], timeout=90)
+    beats_summary = json.loads(beats_run.stdout.splitlines()[-1])
+    assert beats_run.returncode == 0 and beats_summary["ok"], json.dumps(beats_summary, indent=2)
+    beats = beats_summary["topics"][beats_topic]
+    assert beats["messages"] == len(read_all(kafka.bootstrap_servers, beats_topic))
+    assert beats["decoded"] == beats["messages"] > 0 and beats["decode_failures"] == beats["wrong_partition"] == \
+        beats["key_mismatch"] == 0
     # Keys spread over the domains topic's partitions, or partitioning was not really tested. (The hosts
     # topic has one key here, so one partition: the oracle still checks it is the Java producer's.)
     assert len({r.partition for r in read_all(kafka.bootstrap_servers, topics[0])}) >= 3

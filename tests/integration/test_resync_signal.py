@@ -61,9 +61,16 @@ def test_resync_signal_reaches_exactly_the_named_host(tmp_path: Path, kafka, two
               f"the CLI returned after {time.monotonic() - sent_at:.1f} s")
         # A liveness bound, not a benchmark: the answer is the very next step of the agent's loop.
         assert took < 5 * HEARTBEAT_S
-        # hv-b heard nothing for it: it keeps heartbeating its old inventory.
+        # hv-b heard nothing for it: it keeps heartbeating with its old resync, and no new inventory.
         agents["hv-b"].check_alive()
-        wait_for(lambda: (latest("hv-b").heartbeat_at or 0) > answer.heartbeat_at, 10, "a later hv-b heartbeat")
+
+        def latest_beat(host: str):
+            beats = [h for h in host_records(kafka.bootstrap_servers, f"{hosts_topic}.heartbeats") if h.host == host]
+            return beats[-1] if beats else None
+
+        wait_for(lambda: getattr(latest_beat("hv-b"), "heartbeat_at", 0) > answer.heartbeat_at, 10,
+                 "a later hv-b heartbeat")
+        assert latest_beat("hv-b").resync_id == before["hv-b"].resync_id
         b = latest("hv-b")
         assert b.resync_id == before["hv-b"].resync_id and b.signal_id is None
         assert not [h for h in host_records(kafka.bootstrap_servers, hosts_topic)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, InventoryEntry, RecordKind
-from bridge.serde import DomainTombstone, HostTombstone, MessageDecoder, ReadAs, RecordCodec, cloud_events
+from bridge.serde import DomainTombstone, Heartbeat, HostTombstone, MessageDecoder, ReadAs, RecordCodec, cloud_events
 from bridge.serde.confluent_wire import registry_client
 from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema, parse_plain
 from bridge.serde.single_object import MAGIC, legacy_fingerprint, schema_fingerprint
@@ -134,8 +134,21 @@ def test_the_decoder_covers_tombstones_foreign_cloud_events_and_unknown_topics()
     assert decoder.decode("d", UUID.encode(), data, ours).payload == rec
     with pytest.raises(DecodeError, match="foreign type"):
         decoder.decode("d", UUID.encode(), data, [("ce_type", b"com.example.other")])
-    with pytest.raises(DecodeError, match="neither"):
+    with pytest.raises(DecodeError, match="not one of d, h"):
         decoder.decode("elsewhere", UUID.encode(), data)
+
+
+def test_heartbeats_topic_messages_decode_as_heartbeats_never_as_inventories():
+    codec = RecordCodec(hosts_topic="h", heartbeats_topic="b")
+    decoder = MessageDecoder(codec, "d", "h", "b")
+    beat = HostRecord(host="hv1", agent=AGENT, heartbeat_at=5, resync_id="r1", heartbeat_interval_ms=1000)
+    assert decoder.decode("b", b"hv1", codec.encode_heartbeat(beat)).payload == Heartbeat("hv1", beat)
+    assert decoder.decode("b", b"hv1", None).payload == Heartbeat("hv1", None)
+    assert decoder.decode("h", b"hv1", codec.encode_host(beat)).payload == beat
+    with pytest.raises(DecodeError, match="does not match its key"):
+        decoder.decode("b", b"hv2", codec.encode_heartbeat(beat))
+    with pytest.raises(DecodeError, match=r"not one of d, h$"):
+        MessageDecoder(codec, "d", "h").decode("b", b"hv1", codec.encode_heartbeat(beat))
 
 
 def test_confluent_wire_format_with_a_registry_and_readers_accept_both_formats():

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.consumer import Change, ChangeCause, ChangeType, Outcome, Position, Snapshot, Store
-from bridge.records import AgentInfo, DomainRecord, HostRecord, InventoryEntry, RecordKind
+from bridge.consumer import ApplyResult, Change, ChangeCause, ChangeType, Outcome, Position, Snapshot, Store
+from bridge.records import AgentInfo, DomainRecord, HostRecord, HostStatus, InventoryEntry, RecordKind
 
 AGENT = AgentInfo("agent-1", "0.1.0", "10.0.0")
 HOSTS = ("hv1", "hv2", "hv3")
@@ -45,7 +45,14 @@ class Tombstone:
     uuid: str
 
 
-Item = DomainRecord | Tombstone | HostRecord
+@dataclass(frozen=True)
+class Beat:
+    """A heartbeat, on the heartbeats topic: liveness only."""
+
+    record: HostRecord
+
+
+Item = DomainRecord | Tombstone | HostRecord | Beat
 
 
 @dataclass
@@ -134,12 +141,12 @@ class Fleet:
             self.publish(uuid, RecordKind.RESYNC)
             inventory[uuid] = self.last[uuid].version
         self.listing[h] = (listed_at, inventory)
-        self.heartbeat(h)
+        self.emit("host:" + h, host(h, listed_at, inventory, heartbeat_at=self.tick()))
 
     def heartbeat(self, h: str) -> None:
-        if h in self.listing and h not in self.down:
-            listed_at, inventory = self.listing[h]
-            self.emit("host:" + h, host(h, listed_at, inventory, heartbeat_at=self.tick()))
+        """On its own topic, so it interleaves with the host's HostRecords in any order."""
+        if h not in self.down:
+            self.emit("beat:" + h, Beat(host(h, heartbeat_at=self.tick(), interval_ms=10_000)))
 
     def replay(self, pick: int) -> None:
         """An old record delivered again, later (after a delete, a tombstone, ...)."""
@@ -219,6 +226,9 @@ def apply_all(items: list[Item]) -> Store:
             assert held is None or held.version == newest[item.uuid]
         elif isinstance(item, Tombstone):
             result = store.apply_tombstone(item.uuid)
+        elif isinstance(item, Beat):
+            result = store.apply_heartbeat(item.record)
+            assert not result.changes, "a heartbeat never changes the domains"
         else:
             result = store.apply_host(item)
         for change in result.changes:
@@ -249,6 +259,14 @@ def test_any_interleaving_ends_equal_to_the_fleet(operations, rnd):
     fleet.settle()
     store = apply_all(interleave(fleet.streams, rnd))
     assert store.domains() == fleet.truth()
+    # Each host's liveness is its newest word on either topic; its inventory, its newest HostRecord's.
+    for h, held in store.hosts().items():
+        words = [i.record if isinstance(i, Beat) else i for k in ("host:" + h, "beat:" + h)
+                 for i in fleet.streams.get(k, [])]
+        assert held.heartbeat_at == max(w.heartbeat_at for w in words if isinstance(w, HostRecord))
+        last = fleet.streams["host:" + h][-1]
+        assert isinstance(last, HostRecord)
+        assert (held.listed_at, held.domains) == (last.listed_at, last.domains)
 
 
 @FLEET_SETTINGS
@@ -280,6 +298,8 @@ def test_a_view_restored_from_a_snapshot_continues_like_the_original(operations,
             resumed.apply_domain(item)
         elif isinstance(item, Tombstone):
             resumed.apply_tombstone(item.uuid)
+        elif isinstance(item, Beat):
+            resumed.apply_heartbeat(item.record)
         else:
             resumed.apply_host(item)
     assert resumed.domains() == fleet.truth()
@@ -430,3 +450,35 @@ def test_host_tombstone_forgets_the_host_but_keeps_its_domains():
     store.apply_host_tombstone("hv1")
     assert store.hosts() == {} and store.get(U1) is not None
     assert store.apply_host_tombstone("hv1").outcome is Outcome.NO_OP
+
+
+def test_a_heartbeat_moves_liveness_never_the_inventory():
+    store = Store(stale_after_intervals=3)
+    store.apply_domain(domain(U1, 10))
+    store.apply_host(host("hv1", listed_at=20, uuids={U1: 10}, heartbeat_at=30 * SECOND, interval_ms=300_000))
+    # A heartbeat carries no inventory; even one that (wrongly) listed nothing removes nothing.
+    beat = HostRecord(host="hv1", agent=AGENT, heartbeat_at=40 * SECOND, status=HostStatus.LIBVIRT_UNREACHABLE,
+                      listed_at=99, heartbeat_interval_ms=10_000)
+    assert store.apply_heartbeat(beat) == ApplyResult(Outcome.APPLIED)
+    held = store.hosts()["hv1"]
+    assert (held.heartbeat_at, held.status, held.heartbeat_interval_ms) == (40 * SECOND, HostStatus.LIBVIRT_UNREACHABLE,
+                                                                            10_000)
+    assert (held.listed_at, [e.uuid for e in held.domains]) == (20, [U1]) and store.get(U1) is not None
+    # Stale by the heartbeat's interval (3 x 10 s), not the HostRecord's refresh interval (3 x 300 s).
+    assert not store.is_host_stale("hv1", 69 * SECOND) and store.is_host_stale("hv1", 71 * SECOND)
+    assert store.unreachable_hosts() == {"hv1"}
+    # An older heartbeat changes nothing; a HostRecord older than the heartbeat brings its inventory only.
+    assert store.apply_heartbeat(replace(beat, heartbeat_at=35 * SECOND, status=HostStatus.UP)).outcome is Outcome.OLDER
+    store.apply_host(host("hv1", listed_at=50, uuids={}, heartbeat_at=38 * SECOND, interval_ms=300_000))
+    held = store.hosts()["hv1"]
+    assert (held.heartbeat_at, held.status, held.listed_at) == (40 * SECOND, HostStatus.LIBVIRT_UNREACHABLE, 50)
+    assert store.get(U1) is None, "the newer inventory listed it away"
+
+
+def test_a_heartbeat_before_any_host_record_makes_a_live_host_without_a_listing():
+    store = Store()
+    store.apply_domain(domain(U1, 10, host="hv2"))
+    store.apply_heartbeat(HostRecord(host="hv2", agent=AGENT, heartbeat_at=5 * SECOND, heartbeat_interval_ms=10_000))
+    assert store.hosts()["hv2"].listed_at is None and store.get(U1) is not None
+    assert not store.is_host_stale("hv2", 6 * SECOND)
+    assert store.prune_graveyard(6 * SECOND) == 0, "a live host that never listed blocks pruning"

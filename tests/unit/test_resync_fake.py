@@ -4,7 +4,7 @@ heartbeat (at most one in flight; a status change sent as soon as the one in fli
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import libvirt
 import pytest
@@ -17,8 +17,9 @@ from bridge.agent.work_queue import WorkQueue
 from bridge.core.ownership import Ownership
 from bridge.core.version_clock import VersionClock, wall_clock_micros
 from bridge.records import HostRecord, HostStatus
+from bridge.serde import Heartbeat
 from tests.fakes import FakeConnection, FakeDomain, FakeSession, RecordingSink, libvirt_error
-from tests.fakes.records import AGENT, CODEC, DOMAINS, HOSTS, uuid_of
+from tests.fakes.records import AGENT, CODEC, DOMAINS, HEARTBEATS, HOSTS, uuid_of
 
 CONFIG = PipelineConfig(host="hv1", domains_topic=DOMAINS, hosts_topic=HOSTS, resync_interval=3600,
                         heartbeat_interval=3600)
@@ -144,3 +145,67 @@ def test_stopping_and_a_new_inventory_are_not_held_back(setup):
     records = setup.host_records()
     assert [r.status for r in records] == [HostStatus.UP, HostStatus.UP, HostStatus.STOPPING]
     assert records[0].resync_id is None and records[1].resync_id is not None
+
+
+# -- heartbeats on their own topic -----------------------------------------------------------------------
+
+BEATS_CONFIG = replace(CONFIG, heartbeats_topic=HEARTBEATS, heartbeat_interval=10, resync_interval=300)
+
+
+@pytest.fixture
+def beats(tmp_path, conn) -> Iterator[Setup]:
+    store = StateStore(tmp_path / "state")
+    sink = RecordingSink()
+    session = FakeSession(conn)
+    ownership = Ownership()
+    queue = WorkQueue(wall_clock_micros)
+    resync = Resync(BEATS_CONFIG, session, SnapshotReader(session, wall_clock_micros), queue, store, sink, CODEC,
+                    VersionClock(wall_clock_micros), ownership, PipelineStats(), lambda: AGENT, wall_clock_micros,
+                    lambda: None)
+    yield Setup(resync, sink, queue, session, ownership)
+    store.close()
+
+
+def _published(setup: Setup) -> list[tuple[str, HostRecord]]:
+    """(topic, record) of every message, in order: the hosts topic's HostRecords and the heartbeats."""
+    out: list[tuple[str, HostRecord]] = []
+    for sequence in setup.sink.published:
+        for message, payload in zip(sequence.messages, sequence.payloads, strict=True):
+            record = payload.record if isinstance(payload, Heartbeat) else payload
+            assert isinstance(record, HostRecord)
+            out.append((message.topic, record))
+    return out
+
+
+def test_heartbeats_leave_the_inventory_out_and_the_host_record_comes_once_per_resync_interval(beats, conn):
+    conn.add(FakeDomain(uuid_of(1), "vm1", libvirt.VIR_DOMAIN_RUNNING, 1))
+    assert beats.resync.start()
+    (batch,) = beats.queue.take(100, timeout=0)
+    beats.resync.assigned(batch, 100)
+    beats.queue.done(batch.uuid, batch.resync_id)
+    beats.resync.handle_acks()
+    first, beat = _published(beats)
+    assert first[0] == HOSTS and [e.uuid for e in first[1].domains] == [uuid_of(1)]
+    assert first[1].heartbeat_interval_ms == 300_000, "readers of the hosts topic alone judge it by its refresh"
+    assert beat[0] == HEARTBEATS and beat[1].domains == () and beat[1].listed_at is None
+    assert (beat[1].resync_id, beat[1].heartbeat_interval_ms) == (first[1].resync_id, 10_000)
+    assert beat[1].heartbeat_at == first[1].heartbeat_at
+    for i in range(len(beats.sink.published)):
+        beats.sink.ack(i)
+
+    beats.resync.next_heartbeat = 0.0  # due; the HostRecord's refresh is not
+    beats.resync.heartbeat(HostStatus.UP)
+    assert [t for t, _ in _published(beats)][2:] == [HEARTBEATS]
+    beats.resync.heartbeat(HostStatus.UP)
+    assert len(_published(beats)) == 3, "not due: nothing"
+    beats.resync.next_heartbeat = 0.0
+    beats.resync.heartbeat(HostStatus.UP)
+    assert len(_published(beats)) == 3, "at most one heartbeat in flight"
+
+    beats.sink.ack(len(beats.sink.published) - 1)
+    beats.resync.heartbeat(HostStatus.LIBVIRT_UNREACHABLE)  # a change: both, at once
+    assert [(t, r.status) for t, r in _published(beats)][3:] == [(HOSTS, HostStatus.LIBVIRT_UNREACHABLE),
+                                                                 (HEARTBEATS, HostStatus.LIBVIRT_UNREACHABLE)]
+    assert beats.resync.publish_host(HostStatus.STOPPING)  # not held back by either in flight
+    assert [(t, r.status) for t, r in _published(beats)][5:] == [(HOSTS, HostStatus.STOPPING),
+                                                                 (HEARTBEATS, HostStatus.STOPPING)]
