@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from bridge.errors import DecodeError
-from bridge.records import DomainRecord, HostRecord
+from bridge.records import AgentInfo, DomainRecord, HostRecord
 from bridge.serde import confluent_wire, single_object
 from bridge.serde.read_as import ReadAs
 from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema
@@ -17,6 +17,8 @@ T = TypeVar("T")
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 """A domain UUID as keys and records carry it: canonical, lower-case."""
+
+_MAX_AGENTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,18 @@ class RecordCodec:
         self._host = _TopicCodec("host_record", host_schema(), registry, f"{hosts_topic}-value")
         # A heartbeat is a HostRecord without its inventory, on its own topic (and registry subject).
         self._beat = _TopicCodec("host_record", host_schema(), registry, f"{heartbeats_topic}-value")
+        self._agents: dict[tuple[Any, Any, Any], AgentInfo] = {}
+
+    def _agent(self, d: Mapping[str, Any]) -> AgentInfo:
+        """One AgentInfo per agent instance for every record it wrote (they are most of a record's
+        objects); the table is dropped when it outgrows any fleet's live agents (restarts add more)."""
+        key = (d["instance_id"], d["software_version"], d["libvirt_version"])
+        agent = self._agents.get(key)
+        if agent is None:
+            if len(self._agents) >= _MAX_AGENTS:
+                self._agents.clear()
+            agent = self._agents[key] = AgentInfo.from_avro(d)
+        return agent
 
     def encode_domain(self, record: DomainRecord) -> bytes:
         return self._domain.encode(record.to_avro())
@@ -87,7 +101,7 @@ class RecordCodec:
         """Decode and validate a DomainRecord; raises DecodeError for anything else."""
         value, read_as = self._domain.decode(data)
         try:
-            record = DomainRecord.from_avro(value)
+            record = DomainRecord.from_avro(value, self._agent(value["agent"]))
         except (KeyError, ValueError, TypeError) as exc:
             raise DecodeError(f"not a valid DomainRecord: {exc}") from exc
         if not UUID_RE.match(record.uuid):
