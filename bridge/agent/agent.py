@@ -103,6 +103,8 @@ class Agent:
             self._loop.start()
             capture = EventCapture(self._queue.add_event, self._now)
             self._session = LibvirtSession(s.libvirt_uri, capture, self._on_reconnected, read_only=s.read_only)
+            reader = SnapshotReader(self._session, self._now)
+            capture.hand_handles_to(reader.offer)
             self._session.start()
             self._agent_info = AgentInfo(self.instance_id, __version__, self._session.libvirt_version())
             self._pipeline = Pipeline(
@@ -110,7 +112,7 @@ class Agent:
                                s.heartbeat_interval, max_clock_skew=s.max_clock_skew,
                                control_topic=s.control_topic or None,
                                heartbeats_topic=s.kafka.heartbeats or None),
-                self._queue, self._session, SnapshotReader(self._session, self._now), self._store,
+                self._queue, self._session, reader, self._store,
                 self._publisher, codec, self._current_agent_info, self._now, observer=self.metrics,
             )
             if s.control_topic:

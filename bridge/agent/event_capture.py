@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, str, DomainEvent], None]
 """Receives ``(uuid, domain name, event)``; must be fast and thread-safe."""
+HandleSink = Callable[[Any, str, Any], None]
+"""Receives ``(connection, uuid, domain handle)`` of each event, before the event; fast, thread-safe."""
 
 EVENT_ARGS: dict[str, tuple[str, ...]] = {
     "LIFECYCLE": ("event", "detail"),
@@ -105,6 +107,12 @@ class EventCapture:
         self._accepting.set()
         self.registered: list[str] = []
         """Event id names registered on the current connection."""
+        self._handles: HandleSink | None = None
+
+    def hand_handles_to(self, handles: HandleSink) -> None:
+        """Also give every event's domain handle to ``handles`` (before :meth:`register`): the snapshot
+        reader then needs no lookup for a domain it has not read yet."""
+        self._handles = handles
 
     def stop_accepting(self) -> None:
         """From now on, drop every event (before deregistering, so the stop is atomic)."""
@@ -143,7 +151,10 @@ class EventCapture:
                     event = DomainEvent("LIFECYCLE", received, type_name, detail_name, {})
                 else:
                     event = DomainEvent(event_id, received, None, None, event_data(event_id, args))
-                self._sink(dom.UUIDString(), dom.name(), event)
+                uuid = dom.UUIDString()
+                if self._handles is not None:
+                    self._handles(_conn, uuid, dom)
+                self._sink(uuid, dom.name(), event)
             except Exception:  # an exception escaping into libvirt's C loop would be lost silently
                 log.exception("failed to capture %s event", event_id)
 

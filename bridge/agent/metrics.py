@@ -7,7 +7,7 @@ pipeline's :class:`~bridge.agent.pipeline.PipelineObserver`):
 
 - ``event_ack_latency_seconds``: from the agent receiving an event (``DomainEvent.received_at``) to
   Kafka acknowledging the record that lists it, once per event;
-- ``snapshot_read_latency_seconds``: one domain's snapshot read from libvirt (five round-trips).
+- ``snapshot_read_latency_seconds``: one domain's snapshot read from libvirt (one to four round-trips).
 
 Nothing here is global: the default ``prometheus_client.REGISTRY`` is never touched, so several
 agents (or tests) in one process each have their own numbers.

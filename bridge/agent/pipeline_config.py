@@ -90,10 +90,11 @@ class SnapshotSource(Protocol):
     """Where snapshots come from (:class:`bridge.agent.snapshot.SnapshotReader`); called from the
     ``snapshot-reader`` threads, but :meth:`forget`."""
 
-    def read(self, uuid: str, *, for_listing: bool = False) -> DomainSnapshot | None:
+    def read(self, uuid: str, *, for_listing: bool = False, recheck_persistent: bool = True) -> DomainSnapshot | None:
         """The domain now, or None if libvirt says it does not exist; raises ConnectionLost or
         ``libvirt.libvirtError`` (both retried). ``for_listing``: a listing's RESYNC record's read,
-        whose ``PAUSED/MIGRATION`` snapshot carries the migration job too."""
+        whose ``PAUSED/MIGRATION`` snapshot carries the migration job too. ``recheck_persistent``
+        False: the events since the last read cannot have changed the persistent flag."""
 
     def forget(self, uuid: str) -> None:
         """The domain is gone (a DELETED record is being published)."""

@@ -9,8 +9,11 @@ reader keeps them few: the ``active`` flag and the name come from the XML read i
 root carries ``id='N'`` exactly when the domain is active, which is what ``virDomainIsActive``
 tests), and a domain handle looked up once is kept for the next reads of the same UUID on the same
 connection (a handle names the domain by UUID; every call on it is answered from the domain as it
-is then). A snapshot is three round-trips (XML, state, persistent flag), four the first time; a
-listing's RESYNC record one, the XML, the rest coming from the listing (:mod:`bridge.agent.listing`).
+is then), or handed over by the event callback (:meth:`SnapshotReader.offer`), which has one
+already. The persistent flag is kept too and asked again only after an event that can change it
+(:func:`may_change_persistence`). A snapshot is two round-trips (XML, state), three when the flag is
+asked (a define, an undefine, a start or stop), one more for a lookup; a listing's RESYNC record one,
+the XML, the rest coming from the listing (:mod:`bridge.agent.listing`).
 """
 
 from __future__ import annotations
@@ -74,6 +77,17 @@ def xml_active_and_name(xml: str) -> tuple[bool, str | None]:
     return (ident is not None and int(ident.group(1)) != -1), (html.unescape(name.group(1)) if name else None)
 
 
+_KEEPS_PERSISTENCE = frozenset({"SUSPENDED", "RESUMED", "PMSUSPENDED", "SHUTDOWN", "CRASHED"})
+"""Lifecycle types that never make a domain persistent or transient. DEFINED and UNDEFINED do (also a
+migration's ``--persistent``/``--undefinesource``, which libvirt reports as those), and STARTED and
+STOPPED may begin or end a transient domain under a UUID whose flag was kept."""
+
+
+def may_change_persistence(events: Iterable[DomainEvent], elided: int = 0) -> bool:
+    """True unless every one of ``events`` leaves the persistent flag as it was (none elided)."""
+    return elided > 0 or any(e.id == "LIFECYCLE" and e.type not in _KEEPS_PERSISTENCE for e in events)
+
+
 class Session(Protocol):
     """What the reader uses of the libvirt edge (:class:`bridge.agent.libvirt_session.LibvirtSession`)."""
 
@@ -97,29 +111,40 @@ class SnapshotReader:
         self._lock = threading.Lock()  # guards the three fields below (the reader threads share them)
         self._handles_conn: libvirt.virConnect | None = None
         self._handles: dict[str, libvirt.virDomain] = {}
+        self._persistent: dict[str, bool] = {}  # as last read, same lifetime as the handles
         self._listed: dict[str, ListedDomain] = {}  # the latest listing's, each used by one read at most
 
     def forget(self, uuid: str) -> None:
         """Drop the handle of a domain that is gone."""
         with self._lock:
             self._handles.pop(uuid, None)
+            self._persistent.pop(uuid, None)
             self._listed.pop(uuid, None)
+
+    def offer(self, conn: libvirt.virConnect, uuid: str, dom: libvirt.virDomain) -> None:
+        """Keep a handle an event callback received (on the event loop's thread): a fresh domain's
+        first read then needs no lookup."""
+        with self._lock:
+            if self._handles_conn is conn and uuid not in self._handles:
+                self._handles[uuid] = dom
 
     def prime(self, conn: libvirt.virConnect, listed: Iterable[ListedDomain]) -> None:
         """Keep a listing's handles, and what it read of each domain for that domain's next read if
         that is its RESYNC record's (``for_listing``): the XML is then the only call."""
         with self._lock:
             if self._handles_conn is not conn:
-                self._handles_conn, self._handles = conn, {}
+                self._handles_conn, self._handles, self._persistent = conn, {}, {}
             self._listed = {}
             for entry in listed:
                 self._handles[entry.uuid] = entry.dom
                 self._listed[entry.uuid] = entry
+                if entry.persistent is not None:
+                    self._persistent[entry.uuid] = entry.persistent
 
     def _handle(self, conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
         with self._lock:
             if self._handles_conn is not conn:
-                self._handles_conn, self._handles = conn, {}
+                self._handles_conn, self._handles, self._persistent = conn, {}, {}
             dom = self._handles.get(uuid)
         if dom is None:
             dom = conn.lookupByUUIDString(uuid)
@@ -128,8 +153,11 @@ class SnapshotReader:
                     self._handles[uuid] = dom
         return dom
 
-    def read(self, uuid: str, *, for_listing: bool = False) -> DomainSnapshot | None:
+    def read(self, uuid: str, *, for_listing: bool = False, recheck_persistent: bool = True) -> DomainSnapshot | None:
         """The domain's snapshot, or None when libvirt says it does not exist.
+
+        ``recheck_persistent`` False: the flag as last read, if this reader has it (the events since
+        cannot have changed it, see :func:`may_change_persistence`).
 
         ``for_listing``: the read of a listing's RESYNC record (no events). The listing's state,
         reason, active and persistent flags stand for the domain, with the XML read now: a RESYNC
@@ -152,7 +180,9 @@ class SnapshotReader:
                 state, reason, persistent = listed.state, listed.reason, listed.persistent
             else:
                 state, reason = dom.state()
-                persistent = bool(dom.isPersistent())
+                with self._lock:
+                    known = None if recheck_persistent else self._persistent.get(uuid)
+                persistent = bool(dom.isPersistent()) if known is None else known
             if for_listing and paused_for_migration(state, reason):
                 job = migration_job(dom)
         except libvirt.libvirtError as exc:
@@ -165,6 +195,9 @@ class SnapshotReader:
                 raise ConnectionLost(str(exc)) from exc
             raise
         active, name = xml_active_and_name(xml)
+        with self._lock:
+            if self._handles_conn is conn:
+                self._persistent[uuid] = persistent
         if listed is not None:
             active = listed.active  # as listed, like the state
         return DomainSnapshot(

@@ -36,7 +36,7 @@ from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, Pipel
 from bridge.agent.reassert import KeyPositions
 from bridge.agent.record_writer import RecordWriter
 from bridge.agent.resync import Resync
-from bridge.agent.snapshot import DomainSnapshot, implies_gone
+from bridge.agent.snapshot import DomainSnapshot, implies_gone, may_change_persistence
 from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.coalescer import Batch
@@ -167,7 +167,9 @@ class Streamer:
         try:
             # A listing's record (no events) reads the job too, to check the listing's ownership decision
             # (an incoming domain listed while its migration was prepared reads PAUSED/MIGRATION now).
-            read.result = self._read(read.batch.uuid, for_listing=not read.batch.events)
+            batch = read.batch
+            read.result = self._read(batch.uuid, for_listing=not batch.events,
+                                     recheck_persistent=may_change_persistence(batch.events, batch.elided))
         except Exception as exc:  # a bug: handed back, so the batch is not stuck in flight
             read.result = exc
         self._queue.post_result(read)
@@ -259,10 +261,10 @@ class Streamer:
 
     # -- the snapshot -------------------------------------------------------------------------------
 
-    def _read(self, uuid: str, for_listing: bool) -> DomainSnapshot | Exception | None:
+    def _read(self, uuid: str, for_listing: bool, recheck_persistent: bool) -> DomainSnapshot | Exception | None:
         started = time.monotonic()
         try:
-            return self._reader.read(uuid, for_listing=for_listing)
+            return self._reader.read(uuid, for_listing=for_listing, recheck_persistent=recheck_persistent)
         except (ConnectionLost, libvirt.libvirtError) as exc:
             return exc
         finally:

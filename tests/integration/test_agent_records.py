@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,12 +10,15 @@ import subprocess
 import sys
 import uuid as uuid_mod
 
+import libvirt
+
 from bridge.records import RecordKind
 from tests.support.checks import (
     assert_java_partitioning,
     assert_latest_matches_libvirt,
     assert_versions_increase_per_key,
     by_uuid,
+    decode_log,
     published_events,
     wait_all_published,
 )
@@ -145,3 +149,35 @@ def test_odd_domain_names_round_trip(kafka, libvirt_host, topics, agent_factory,
     assert lines and all(line["name"] == odd for line in lines)
     dom.destroy()
     dom.undefine()
+
+
+def test_the_persistent_flag_follows_undefine_and_define_of_a_running_domain(kafka, libvirt_host, topics,
+                                                                               agent_factory, test_conn, recorder):
+    """The reader keeps the persistent flag and asks again only after events that can change it: each
+    record's flag must still be libvirt's at the time (suspend/resume in between use the kept one)."""
+    agent = agent_factory(libvirt_host.test_uri).start()
+    dom = test_conn.defineXML(xml_for_test_driver(unique_name("persist")))
+    uuid = dom.UUIDString()
+    expected: list[tuple[str, bool]] = []  # (the step's last event type, isPersistent after it)
+
+    def step(action: str, event_type: str) -> None:
+        getattr(dom, action)() if action != "define" else test_conn.defineXML(dom.XMLDesc(0))
+        expected.append((event_type, bool(dom.isPersistent())))
+        # One step at a time, so no two steps' events share a record.
+        wait_all_published(kafka.bootstrap_servers, topics[0], recorder, {uuid})
+
+    try:
+        for action, event_type in (("create", "STARTED"), ("suspend", "SUSPENDED"), ("resume", "RESUMED"),
+                                   ("undefine", "UNDEFINED"), ("suspend", "SUSPENDED"), ("resume", "RESUMED"),
+                                   ("define", "DEFINED"), ("suspend", "SUSPENDED")):
+            step(action, event_type)
+        records = by_uuid(decode_log(read_all(kafka.bootstrap_servers, topics[0])))[uuid]
+        seen = [(r.events[-1].type, r.persistent) for r in records if r.events][1:]  # after the define's record
+        assert seen == expected, seen
+        assert [p for _t, p in expected] == [True, True, True, False, False, False, True, True]
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.undefine()
+    agent.check_alive()

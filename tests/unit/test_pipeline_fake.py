@@ -20,7 +20,7 @@ from bridge.agent.listing import ListedDomain
 from bridge.agent.pipeline import Pipeline
 from bridge.agent.pipeline_config import PipelineConfig
 from bridge.agent.publisher import Message, Publisher
-from bridge.agent.snapshot import DomainSnapshot, SnapshotReader
+from bridge.agent.snapshot import DomainSnapshot, SnapshotReader, may_change_persistence
 from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.version_clock import wall_clock_micros
@@ -42,10 +42,10 @@ class CountingReader:
         self._lock = threading.Lock()
         self.reads: dict[str, int] = {}
 
-    def read(self, uuid: str, *, for_listing: bool = False) -> DomainSnapshot | None:
+    def read(self, uuid: str, *, for_listing: bool = False, recheck_persistent: bool = True) -> DomainSnapshot | None:
         with self._lock:
             self.reads[uuid] = self.reads.get(uuid, 0) + 1
-        return self._reader.read(uuid, for_listing=for_listing)
+        return self._reader.read(uuid, for_listing=for_listing, recheck_persistent=recheck_persistent)
 
     def forget(self, uuid: str) -> None:
         self._reader.forget(uuid)
@@ -293,3 +293,40 @@ def test_a_listing_and_its_resync_records_cost_one_domain_call_each(agent, conn)
     wait_until(lambda: any(isinstance(p, DomainRecord) and p.events and not p.persistent
                            for _m, p in agent.payloads()), what="the event's record, read in full")
     assert conn.count("isPersistent", uuid_of(1)) == 1
+
+    # A suspend cannot change the flag: the one just read stands, no third round-trip.
+    agent.event(uuid_of(2), "LIFECYCLE", "SUSPENDED", "PAUSED")
+    wait_until(lambda: any(isinstance(p, DomainRecord) and p.uuid == uuid_of(2) and p.events
+                           for _m, p in agent.payloads()), what="the suspend's record")
+    assert {m: conn.count(m, uuid_of(2)) for m in ("XMLDesc", "state", "isPersistent")} == \
+        {"XMLDesc": 2, "state": 1, "isPersistent": 0}, "the listing's flag kept for the suspend"
+
+
+def test_only_events_that_can_change_persistence_ask_for_the_flag_again():
+    def lifecycle(type_: str) -> DomainEvent:
+        return DomainEvent("LIFECYCLE", 1, type_, None)
+
+    for kept in ("SUSPENDED", "RESUMED", "PMSUSPENDED", "SHUTDOWN", "CRASHED"):
+        assert not may_change_persistence([lifecycle(kept)])
+    assert not may_change_persistence([DomainEvent("REBOOT", 1), DomainEvent("DEVICE_ADDED", 1, data={"a": "b"})])
+    for changing in ("DEFINED", "UNDEFINED", "STARTED", "STOPPED"):
+        assert may_change_persistence([lifecycle("SUSPENDED"), lifecycle(changing)])
+    assert may_change_persistence([lifecycle("RESUMED")], elided=1), "an elided event may have been a define"
+    assert not may_change_persistence([])
+
+
+def test_a_handle_offered_by_the_event_callback_saves_the_first_lookup():
+    conn = FakeConnection([FakeDomain(uuid_of(1), "vm1"), FakeDomain(uuid_of(2), "vm2")])
+    reader = SnapshotReader(FakeSession(conn), wall_clock_micros)
+    assert reader.read(uuid_of(2)) is not None  # the reader now holds handles of this connection
+    reader.offer(conn, uuid_of(1), conn.lookupByUUIDString(uuid_of(1)))
+    before = conn.count("lookupByUUIDString", uuid_of(1))
+    snap = reader.read(uuid_of(1))
+    assert snap is not None and snap.name == "vm1"
+    assert conn.count("lookupByUUIDString", uuid_of(1)) == before, "the offered handle was used"
+    # A handle of another connection (before a reconnect) is never used: that domain is unknown here.
+    other = FakeConnection([FakeDomain(uuid_of(3), "vm3")])
+    reader.offer(other, uuid_of(3), other.lookupByUUIDString(uuid_of(3)))
+    assert reader.read(uuid_of(3)) is None
+    reader.forget(uuid_of(1))
+    assert reader.read(uuid_of(1)) is not None and conn.count("lookupByUUIDString", uuid_of(1)) == before + 1
