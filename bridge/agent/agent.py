@@ -28,7 +28,7 @@ from bridge.agent.signal_listener import SignalListener
 from bridge.agent.snapshot import SnapshotReader
 from bridge.agent.state_store import StateStore
 from bridge.agent.status import AgentStatus, Threaded, threads_health, write_status_file
-from bridge.agent.topics import prepare_topics
+from bridge.agent.topics import DEFAULT_COMPACTION_LAG, prepare_topics
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.version_clock import Clock, wall_clock_micros
 from bridge.errors import UserError
@@ -52,6 +52,7 @@ class AgentSettings:
     read_only: bool = True
     resync_interval: float = 300.0
     heartbeat_interval: float = 10.0
+    compaction_lag: float = DEFAULT_COMPACTION_LAG
     partitions: int = 12
     replication_factor: int | None = None
     """None: min(3, number of brokers)."""
@@ -95,7 +96,8 @@ class Agent:
             self._start_http()
             self._store = StateStore(s.state_dir)
             prepare_topics(s.kafka, partitions=s.partitions, replication_factor=s.replication_factor,
-                           control_topic=s.control_topic, timeout=s.kafka_connect_timeout)
+                           control_topic=s.control_topic, timeout=s.kafka_connect_timeout,
+                           compaction_lag=s.compaction_lag)
             codec = s.kafka.codec()
             self._publisher = Publisher(s.kafka.client_config())
             self._publisher.start()

@@ -17,15 +17,25 @@ from bridge.logging_setup import librdkafka_logger
 
 log = logging.getLogger(__name__)
 
-MAX_COMPACTION_LAG_MS = {"domains": 60_000, "hosts": 600_000, "heartbeats": 60_000}
-"""``max.compaction.lag.ms`` the agent creates its topics with: how long a record may wait before the
-cleaner may compact it away. A stock broker never forces it and rolls a segment only after
-``segment.ms`` (7 days), and the active segment is never compacted, so a fresh consumer would read a
-week of records. With the lag set, the broker rolls the active segment once its first record is that
-old (KIP-354) and the cleaner compacts it soon after: what a fresh consumer reads is each key's latest
-message plus about two lags of history. Every resync rewrites each domain once, so on the domains
-topic that history is about 2 x lag / ``--resync-interval`` of the fleet (0.4 x at the defaults);
-the hosts topic gets a record per host per resync interval, the heartbeats topic one per heartbeat."""
+DEFAULT_COMPACTION_LAG = 60.0
+"""Seconds: the ``--compaction-lag`` the agent creates its topics with, as ``max.compaction.lag.ms``."""
+
+
+def compaction_lags_ms(lag: float) -> dict[str, int]:
+    """``max.compaction.lag.ms`` per topic kind for a ``--compaction-lag`` of ``lag`` seconds.
+
+    A stock broker never forces compaction and rolls a segment only after ``segment.ms`` (7 days),
+    and the active segment is never compacted, so a fresh consumer would read a week of records. With
+    the lag set, the broker rolls the active segment once its first record is that old (KIP-354) and
+    the cleaner compacts it soon after: what a fresh consumer reads is each key's latest message plus
+    about two lags of history. Every resync rewrites each domain once, so on the domains topic that
+    history is about 2 x lag / ``--resync-interval`` of the fleet (0.4 x at the defaults). The price:
+    a consumer more than a lag or two behind reads each domain's latest record, not every record in
+    between. The hosts topic (a record per host per resync interval) gets ten times the lag.
+    """
+    ms = int(lag * 1000)
+    return {"domains": ms, "heartbeats": ms, "hosts": 10 * ms}
+
 
 class Admin(AdminClient):
     """An admin client that remembers the security problems librdkafka reports (see ProblemWatcher)."""
@@ -88,7 +98,7 @@ def check_reachable(admin: AdminClient, bootstrap: str, timeout: float) -> int:
 
 
 def prepare_topics(kafka: KafkaSettings, *, partitions: int, replication_factor: int | None,
-                   control_topic: str | None, timeout: float) -> None:
+                   control_topic: str | None, timeout: float, compaction_lag: float = DEFAULT_COMPACTION_LAG) -> None:
     """Before the agent starts: Kafka reachable within ``timeout``, and the domains, hosts and (if set)
     heartbeats and control topics present and compacted, created if missing. ``replication_factor`` None means
     min(3, number of brokers). UserError for anything the user must fix."""
@@ -100,10 +110,11 @@ def prepare_topics(kafka: KafkaSettings, *, partitions: int, replication_factor:
         # losing one broker loses no acknowledged record (a stock broker defaults to 1).
         extra = {"min.insync.replicas": "2"} if rf >= 3 else {}
         topics = {kafka.domains_topic: partitions, kafka.hosts_topic: min(3, partitions)}
-        per_topic = {kafka.domains_topic: _lag_config("domains"), kafka.hosts_topic: _lag_config("hosts")}
+        lags = compaction_lags_ms(compaction_lag)
+        per_topic = {kafka.domains_topic: _lag_config(lags["domains"]), kafka.hosts_topic: _lag_config(lags["hosts"])}
         if kafka.heartbeats:
             topics[kafka.heartbeats] = min(3, partitions)
-            per_topic[kafka.heartbeats] = _lag_config("heartbeats")
+            per_topic[kafka.heartbeats] = _lag_config(lags["heartbeats"])
         if control_topic:
             topics[control_topic] = 1  # a signal per target host or migrated domain, compacted: small
         ensure_compacted_topics(admin, topics, rf, extra_config=extra, timeout=max(10.0, timeout),
@@ -173,5 +184,5 @@ def _cleanup_policy(admin: AdminClient, topic: str, timeout: float) -> str:
         raise UserError(f"cannot read the configuration of topic {topic}: {exc.args[0].str()}") from None
 
 
-def _lag_config(kind: str) -> dict[str, str]:
-    return {"max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS[kind])}
+def _lag_config(ms: int) -> dict[str, str]:
+    return {"max.compaction.lag.ms": str(ms)}

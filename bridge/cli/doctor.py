@@ -19,9 +19,9 @@ Rules the checks settle (the contract leaves them open):
   writes are refused); RF below 3 with 3 or more brokers, or ``min.insync.replicas`` below 2 with
   RF 3 or more, is a warning (one broker lost can lose acknowledged records).
 - **Compaction lag**: a topic whose history is not compacted within a day (``max.compaction.lag.ms``
-  and ``segment.ms`` both unset or longer) is a warning: a fresh consumer reads all of it, and on
-  the hosts topic every heartbeat repeats its host's inventory. The agent creates its topics with
-  ``MAX_COMPACTION_LAG_MS`` (:mod:`bridge.agent.topics`), the value the fix names.
+  and ``segment.ms`` both unset or longer) is a warning: a fresh consumer reads all of it (every
+  heartbeat too, with its inventory when heartbeats share the hosts topic). The agent creates its topics with
+  ``--compaction-lag`` (:func:`bridge.agent.topics.compaction_lags_ms`), the value the fix names.
 - **State directory in use**: a warning, not a failure: the lock is held by the running agent of
   this host when ``doctor`` runs next to it; ``run`` with the same directory would exit 2.
 - **Clock**: the README's bound, ``--max-clock-skew`` (the one ``run`` versions hand-offs by). Without

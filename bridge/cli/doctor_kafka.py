@@ -14,7 +14,7 @@ from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaException,
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from bridge.agent.agent import AgentSettings
-from bridge.agent.topics import MAX_COMPACTION_LAG_MS, admin_client, check_reachable
+from bridge.agent.topics import admin_client, check_reachable, compaction_lags_ms
 from bridge.cli.doctor_result import FAIL, OK, SKIP, TOMBSTONE_RESYNCS, WARN, Result
 from bridge.errors import DecodeError, UserError
 
@@ -92,22 +92,20 @@ def topic_checks(admin: AdminClient, s: AgentSettings) -> Iterator[Result]:
         else:
             yield Result(OK, f"{name} delete.retention.ms", f"{retention} ms >= {TOMBSTONE_RESYNCS} x "
                          f"--resync-interval {interval}")
-        repeats = kind == "heartbeats" or (kind == "hosts" and not k.heartbeats)
-        yield _compaction_lag_result(name, config, kind, alter, repeats)
+        held = {"heartbeats": ", every heartbeat",
+                "hosts": "" if k.heartbeats else ", every heartbeat with its host's inventory"}.get(kind, "")
+        yield _compaction_lag_result(name, config, compaction_lags_ms(s.compaction_lag)[kind], alter, held)
 
 
-def _compaction_lag_result(name: str, config: dict[str, str], kind: str, alter: str, heartbeats: bool) -> Result:
-    """How much history a fresh consumer reads before it is compacted away (see MAX_COMPACTION_LAG_MS)."""
-    want = MAX_COMPACTION_LAG_MS[kind]
+def _compaction_lag_result(name: str, config: dict[str, str], want: int, alter: str, held: str) -> Result:
+    """How much history a fresh consumer reads before it is compacted away (see compaction_lags_ms)."""
     lag, segment = config.get("max.compaction.lag.ms", ""), config.get("segment.ms", "")
     bound = min(int(v) for v in (lag, segment) if v.isdigit()) if lag.isdigit() or segment.isdigit() else None
     if bound is None or bound > _HISTORY_WARN_MS:
         shown = lag if lag.isdigit() and int(lag) < _LONG_MAX else "unset"  # the broker's default: never
         return Result(WARN, f"{name} max.compaction.lag.ms",
                       f"{shown} (segment.ms {segment or 'unset'}): records wait that long before the "
-                      "cleaner may compact them, so a fresh consumer reads that much history"
-                      + (", every heartbeat" if heartbeats else "")
-                      + (" with its host's inventory" if heartbeats and kind == "hosts" else ""),
+                      f"cleaner may compact them, so a fresh consumer reads that much history{held}",
                       f"{alter} max.compaction.lag.ms={want}")
     return Result(OK, f"{name} max.compaction.lag.ms", f"history compacted within {bound} ms")
 

@@ -15,6 +15,7 @@ from typing import Any
 from bridge.agent.agent import Agent, AgentSettings
 from bridge.agent.http_server import parse_address
 from bridge.agent.publisher import producer_config
+from bridge.agent.topics import DEFAULT_COMPACTION_LAG
 from bridge.cli.common import KAFKA_OPTIONS
 from bridge.config import Option, add_options, parse_bool, parse_duration, parse_positive_int, resolve
 from bridge.core.version_clock import Clock, wall_clock_micros
@@ -42,6 +43,10 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DURATION"),
     Option("partitions", "partitions of the domains topic when the agent creates it", 12, parse_positive_int,
            metavar="N"),
+    Option("compaction_lag", "max.compaction.lag.ms of the domains and heartbeats topics when the agent creates "
+           "them (hosts: 10x): older history is compacted to each domain's latest record, so a fresh consumer "
+           "reads the fleet plus about two lags of changes, and a consumer further behind than that gets the "
+           "latest record, not every one in between", DEFAULT_COMPACTION_LAG, parse_duration, metavar="DURATION"),
     Option("replication_factor", "replication factor of topics the agent creates (default: min(3, brokers))",
            None, parse_positive_int, metavar="N"),
     Option("shutdown_timeout", "on SIGTERM, how long to flush what was received", 10.0, parse_duration,
@@ -97,6 +102,7 @@ def settings_from(values: dict[str, Any]) -> AgentSettings:
         host_id=host_id, state_dir=values["state_dir"], kafka=kafka, libvirt_uri=values["libvirt_uri"],
         read_only=values["read_only"], resync_interval=values["resync_interval"],
         heartbeat_interval=values["heartbeat_interval"], partitions=values["partitions"],
+        compaction_lag=values["compaction_lag"],
         replication_factor=values["replication_factor"], shutdown_timeout=values["shutdown_timeout"],
         max_events_per_domain=values["max_events_per_domain"],
         kafka_connect_timeout=values["kafka_connect_timeout"], metrics_address=values["metrics_address"],

@@ -11,10 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge.agent.topics import MAX_COMPACTION_LAG_MS
+from bridge.agent.topics import DEFAULT_COMPACTION_LAG, compaction_lags_ms
 from bridge.cli.doctor_result import TOMBSTONE_RESYNCS
 from bridge.cli.run import TEST_CLOCK_OFFSET
 from tests.support.topics import create_compacted, unique_topics
+
+AGENT_LAGS = compaction_lags_ms(3600)  # AgentProcess runs with --compaction-lag 1h
+DEFAULT_LAGS = compaction_lags_ms(DEFAULT_COMPACTION_LAG)
 
 
 def doctor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -44,11 +47,11 @@ def test_a_healthy_setup_passes_next_to_its_running_agent(kafka, libvirt_host, a
                   f"topic {agent.hosts_topic} cleanup.policy: compact",
                   f"topic {agent.domains_topic} delete.retention.ms: 86400000 ms >= {TOMBSTONE_RESYNCS} x",
                   f"topic {agent.domains_topic} max.compaction.lag.ms: history compacted within "
-                  f"{MAX_COMPACTION_LAG_MS['domains']} ms",
+                  f"{AGENT_LAGS['domains']} ms",
                   f"topic {agent.hosts_topic} max.compaction.lag.ms: history compacted within "
-                  f"{MAX_COMPACTION_LAG_MS['hosts']} ms",
+                  f"{AGENT_LAGS['hosts']} ms",
                   f"topic {agent.hosts_topic}.heartbeats max.compaction.lag.ms: history compacted within "
-                  f"{MAX_COMPACTION_LAG_MS['heartbeats']} ms",
+                  f"{AGENT_LAGS['heartbeats']} ms",
                   "no clock ahead of this host's by more than --max-clock-skew 50 ms (1 heartbeat(s) on "
                   f"{agent.hosts_topic}.heartbeats"):
         assert check in out, out
@@ -124,9 +127,9 @@ def test_a_too_short_delete_retention_fails_with_the_fix(kafka, libvirt_host, tm
     lag = [line for line in lines(shorter, "WARN") if "max.compaction.lag.ms" in line]
     assert len(lag) == 2, shorter.stdout
     assert "unset (segment.ms 604800000)" in lag[0] and "a fresh consumer reads that much history" in lag[0]
-    assert f"--entity-name {topics[0]} --add-config max.compaction.lag.ms={MAX_COMPACTION_LAG_MS['domains']}" in lag[0]
+    assert f"--entity-name {topics[0]} --add-config max.compaction.lag.ms={DEFAULT_LAGS['domains']}" in lag[0]
     assert "every heartbeat" not in lag[1], "heartbeats have their own topic (which does not exist here)"
-    assert f"--add-config max.compaction.lag.ms={MAX_COMPACTION_LAG_MS['hosts']}" in lag[1]
+    assert f"--add-config max.compaction.lag.ms={DEFAULT_LAGS['hosts']}" in lag[1]
 
 
 def test_bad_settings_exit_2_without_a_traceback(tmp_path):

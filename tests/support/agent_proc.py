@@ -41,6 +41,9 @@ class AgentProcess:
             "--hosts-topic", hosts_topic, "--host-id", host_id, "--state-dir", str(self.state_dir),
             # status.json is what tests wait on (never the log's wording): written every 200 ms.
             "--heartbeat-interval", "1s", "--partitions", "3", "--status-interval", "200ms",
+            # Tests compare every event libvirt emitted with the log's records, over minutes: the
+            # default lag (1 min) would compact that history away. test_compaction.py runs the default.
+            "--compaction-lag", "1h",
             *(extra or []),
         ]
         self.env = {**os.environ, **(env or {})}
