@@ -53,3 +53,14 @@ def high_watermarks(consumer: Any, partitions: Iterable[tuple[str, int]], timeou
             raise NotReady(f"timed out reading offsets of {topic}[{partition}]")
         targets[(topic, partition)] = int(marks[1])
     return targets
+
+
+def cached_high_watermarks(consumer: Any, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The high watermarks the client last saw in fetch replies (no request); partitions not fetched
+    yet are left out. Call it on the thread that polls ``consumer``."""
+    out: dict[tuple[str, int], int] = {}
+    for topic, partition in partitions:
+        marks = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=0, cached=True)
+        if marks is not None and marks[1] >= 0:
+            out[(topic, partition)] = int(marks[1])
+    return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid as uuid_mod
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -32,7 +33,7 @@ from bridge.consumer.batch import (
     ReflectorCounters,
     Sink,
 )
-from bridge.consumer.partitions import NotReady, high_watermarks, list_partitions
+from bridge.consumer.partitions import NotReady, cached_high_watermarks, high_watermarks, list_partitions
 from bridge.consumer.position import Offset, Position
 from bridge.consumer.read_errors import ErrorReport
 from bridge.errors import DecodeError, UserError
@@ -45,6 +46,7 @@ __all__ = ["ConsumedMessage", "ConsumerError", "ConsumerFactory", "KafkaAccessEr
 from bridge.serde.message_decoder import Headers
 
 log = logging.getLogger(__name__)
+MARKS_EVERY = 0.5  # seconds between the reader's looks at its partitions' high watermarks
 
 
 class KafkaConsumer(Protocol):
@@ -99,6 +101,8 @@ class Reflector:
         self._request_timeout = request_timeout
         self._max_backoff = max_backoff
         self._targets: dict[tuple[str, int], int] = {}
+        self._marks: dict[tuple[str, int], int] = {}  # guarded by _lock: high_watermarks() reads it
+        self._marks_due = 0.0
         self._synced = False
         self._lock = threading.Lock()  # guards the counters, read from other threads
         self._counts = dict.fromkeys(("undecodable", *(r.value for r in ReadAs)), 0)
@@ -140,16 +144,10 @@ class Reflector:
             )
 
     def high_watermarks(self) -> dict[tuple[str, int], int]:
-        """The brokers' high watermark of each assigned partition as the last fetch replies reported
-        it (cached by the client: no request); empty before the reader is assigned or once closed."""
-        out: dict[tuple[str, int], int] = {}
-        for topic, partition in [] if self._closed else list(self._targets):
-            with contextlib.suppress(KafkaException, RuntimeError):  # RuntimeError: closed meanwhile
-                marks = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=0,
-                                                             cached=True)
-                if marks is not None and marks[1] >= 0:
-                    out[(topic, partition)] = int(marks[1])
-        return out
+        """Each partition's high watermark as fetch replies last reported it, taken by the reader's own
+        thread every MARKS_EVERY (confluent-kafka 2.16 blocks other threads' calls while it polls)."""
+        with self._lock:
+            return dict(self._marks)
 
     def run(self, stop: threading.Event) -> None:
         """Read until ``stop`` is set, then close the consumer. Raises ConsumerError if fatal."""
@@ -209,6 +207,11 @@ class Reflector:
             # live changes at low rates; wait for the first message only, then take what is there.
             first = self._consumer.poll(self._poll_timeout)
             raw = [] if first is None else [first, *self._consumer.consume(self._batch_size - 1, 0)]
+            if time.monotonic() >= self._marks_due:
+                self._marks_due = time.monotonic() + MARKS_EVERY
+                marks = cached_high_watermarks(self._consumer, self._targets)
+                with self._lock:
+                    self._marks = marks
         except KafkaException as exc:
             self._set_error(f"consume failed: {error_text(exc, self._settings)}")
             return
@@ -293,7 +296,6 @@ class Reflector:
 
     def _set_error(self, message: str | None, kind: object = None) -> None:
         self._errors.report(message, kind)
-
 
 
 def _short(key: bytes | None) -> bytes | None:

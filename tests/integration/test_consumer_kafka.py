@@ -448,3 +448,36 @@ def test_watch_prints_the_list_then_each_change_and_exits_0_on_sigterm(topics: T
             proc.kill()
             proc.wait()
         reader.join(WAIT)
+
+
+def test_lag_and_a_metrics_scrape_answer_from_another_thread_while_the_reader_polls(topics: Topics) -> None:
+    """confluent-kafka 2.16 makes a consumer call from a second thread wait while the reader thread
+    polls; an idle informer polls back to back, so a lag() that asked the client hung for good."""
+    from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+
+    from bridge.consumer.metrics import InformerCollector  # noqa: PLC0415
+
+    v = now_us()
+    for i in range(5):
+        topics.domain(domain(new_uuid(), v + i, "hv1", f"vm{i}"))
+    topics.flush()
+    with Informer(topics.settings) as informer:
+        assert informer.wait_for_sync(SYNC_TIMEOUT), informer.last_error
+        registry = CollectorRegistry()
+        registry.register(InformerCollector(informer))
+        answers: queue.Queue[tuple[dict[tuple[str, int], int], bytes]] = queue.Queue()
+
+        def ask() -> None:
+            answers.put((informer.lag(), generate_latest(registry)))
+
+        for _ in range(3):  # an idle reader polls the whole time: each call must get through
+            asker = threading.Thread(target=ask, name="lag-asker", daemon=True)
+            asker.start()
+            lag, scrape = answers.get(timeout=10)
+            asker.join(5)
+        # Every partition read (3 + 1; the position names only those that held a message), caught up.
+        wait_for(lambda: len(informer.lag()) == 4 and set(informer.lag().values()) == {0}, 10,
+                 "every partition's lag, all caught up")
+        assert set(informer.position) <= set(informer.lag())
+        assert b"libvirt_kafka_bridge_consumer_lag_messages" in scrape
+        assert all(v == 0 for v in lag.values())
