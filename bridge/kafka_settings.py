@@ -58,6 +58,10 @@ class KafkaSettings:
             return f"{self.hosts_topic}.heartbeats"
         return self.heartbeats_topic
 
+    def topics(self) -> tuple[str, ...]:
+        """The domains, hosts and (if any) heartbeats topics."""
+        return tuple(t for t in (self.domains_topic, self.hosts_topic, self.heartbeats) if t)
+
     def client_config(self) -> dict[str, str]:
         """librdkafka settings common to producer, consumer and admin clients."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_config}

@@ -132,8 +132,7 @@ class Agent:
             raise
         log.info("agent %s publishing host %s from %s to %s (topics %s); %d event types registered",
                  self.instance_id[:8], s.host_id, s.libvirt_uri, s.kafka.bootstrap_servers,
-                 ", ".join(t for t in (s.kafka.domains_topic, s.kafka.hosts_topic, s.kafka.heartbeats) if t),
-                 len(capture.registered))
+                 ", ".join(s.kafka.topics()), len(capture.registered))
 
     def stop(self) -> bool:
         """Clean shutdown within ``shutdown_timeout``; True when nothing received was left unpublished."""
@@ -172,7 +171,7 @@ class Agent:
             events_not_owned=p.events_not_owned if p else 0,
             events_elided=elided,
             deleted=p.deleted if p else 0,
-            resyncs_completed=p.resyncs_completed if p else 0,
+            resyncs_completed=p.resyncs_completed if p else 0, resyncs_deferred=p.resyncs_deferred if p else 0,
             domains_pending=pending,
             domains_in_flight=in_flight,
             oldest_waiting_s=0.0 if oldest is None else max(0.0, (self._now() - oldest) / 1e6),
@@ -193,8 +192,7 @@ class Agent:
             producer_queue=pub.queue_depth() if pub else 0,
             last_version=pipeline.clock.last if pipeline else 0,
             owned_domains=p.owned_domains if p else 0,
-            handed_off_domains=p.handed_off_domains if p else 0,
-            incoming_domains=p.incoming_domains if p else 0,
+            handed_off_domains=p.handed_off_domains if p else 0, incoming_domains=p.incoming_domains if p else 0,
         )
 
     def health(self) -> tuple[bool, str]:

@@ -94,6 +94,8 @@ class AgentCollector(Collector):
                         {**dict.fromkeys((k.value for k in RecordKind), 0), **st.records_by_kind})
         yield _counter("resyncs_completed", "Resyncs whose records were all acknowledged and inventory published.",
                        st.resyncs_completed)
+        yield _counter("resyncs_deferred", "Scheduled resyncs put off while Kafka was unreachable.",
+                       st.resyncs_deferred)
         yield _gauge("resync_duration_seconds", "Duration of the latest completed resync, listing to inventory.",
                      st.resync_last_seconds)
         yield _gauge("last_resync_completion_timestamp_seconds",

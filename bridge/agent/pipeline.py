@@ -84,6 +84,8 @@ class Pipeline:
         self._signal_id: str | None = None
         self._thread: threading.Thread | None = None
         self._next_resync = 0.0
+        self._resync_deferred = False
+        self._kafka_problem = publisher.kafka_problem
         self._resync = Resync(config, session, reader, queue, store, publisher, codec, self.clock, self.ownership,
                               self.stats, agent_info, now, self._save_ownership_roles)
         self._streamer = Streamer(config, queue, reader, store, publisher, codec, self.clock, self.ownership,
@@ -162,7 +164,17 @@ class Pipeline:
             self._stop.wait(0.1)
             return
         now = time.monotonic()
-        if not draining and (self._resync_requested.is_set() or now >= self._next_resync):
+        problem = None if self._resync_requested.is_set() or now < self._next_resync else self._kafka_problem()
+        if problem is not None:
+            # A scheduled resync with Kafka away would only fill the producer's queue with a record per
+            # domain, each superseded before it could be sent: it runs as soon as Kafka answers.
+            if not self._resync_deferred:
+                log.info("scheduled resync deferred until Kafka answers (%s)", problem)
+                self.stats.resyncs_deferred += 1
+            self._resync_deferred = True
+            self._next_resync = now + min(1.0, self._cfg.resync_interval)
+        elif not draining and (self._resync_requested.is_set() or now >= self._next_resync):
+            self._resync_deferred = False
             # The ownership timing rule (module doc): the whole listing before any batch is taken.
             self._resync_requested.clear()
             self._next_resync = now + self._cfg.resync_interval

@@ -51,6 +51,8 @@ class PipelineStats:
     records: int = 0
     deleted: int = 0
     resyncs_completed: int = 0
+    resyncs_deferred: int = 0
+    """Scheduled resyncs put off while Kafka was unreachable (each runs once it answers)."""
     events_published: int = 0
     events_not_owned: int = 0
     events_coalesced: int = 0
@@ -76,6 +78,9 @@ class RecordSink(Protocol):
                 on_position: Callable[[int, int], None] | None = None) -> None:
         """Produce ``messages`` in order; ``on_done`` runs once, after every one is acknowledged;
         ``on_position(partition, offset)`` where the first landed, when it is."""
+
+    def kafka_problem(self) -> str | None:
+        """Why Kafka looks unreachable now, or None."""
 
 
 class PipelineObserver(Protocol):

@@ -41,6 +41,8 @@ class AgentStatus:
     kafka_last_error: str | None
     libvirt_connected_at: float | None = None
     """When the current libvirt connection was opened (seconds since the epoch)."""
+    resyncs_deferred: int = 0
+    """Scheduled resyncs put off while Kafka was unreachable (each runs once it answers)."""
     resync_last_listed_at: float | None = None
     """When the latest completed resync listed the domains: after ``libvirt_connected_at``, it has
     seen everything the current connection shows."""

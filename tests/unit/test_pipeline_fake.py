@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import libvirt
@@ -330,3 +330,40 @@ def test_a_handle_offered_by_the_event_callback_saves_the_first_lookup():
     assert reader.read(uuid_of(3)) is None
     reader.forget(uuid_of(1))
     assert reader.read(uuid_of(1)) is not None and conn.count("lookupByUUIDString", uuid_of(1)) == before + 1
+
+
+class _SwitchedPublisher(Publisher):
+    """A real publisher whose Kafka the test says is away (as librdkafka's all-brokers-down would)."""
+
+    away = False
+
+    def kafka_problem(self) -> str | None:
+        return "all Kafka brokers are down (test)" if self.away else super().kafka_problem()
+
+
+def test_a_scheduled_resync_waits_while_kafka_is_away_then_runs_at_once(tmp_path, conn):
+    producer = FakeProducer(auto_ack=True)
+    publisher = _SwitchedPublisher({}, max_retry_backoff=0.05, producer_factory=producer.factory)
+    publisher.start()
+    store = StateStore(tmp_path / "state")
+    pipeline = Pipeline(replace(CONFIG, resync_interval=0.2), WorkQueue(wall_clock_micros), FakeSession(conn),
+                        SnapshotReader(FakeSession(conn), wall_clock_micros), store, publisher, CODEC, lambda: AGENT,
+                        wall_clock_micros)
+    pipeline.start()
+    try:
+        wait_until(lambda: pipeline.stats.resyncs_completed >= 2, what="scheduled resyncs")
+        publisher.away = True
+        wait_until(lambda: pipeline.stats.resyncs_deferred == 1, what="the due resync deferred")
+        listings = conn.count("getAllDomainStats")
+        # Several intervals pass: no listing, so no record per domain piles up in the producer.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert conn.count("getAllDomainStats") == listings
+            time.sleep(0.05)  # a negative window: nothing may happen in it
+        assert pipeline.stats.resyncs_deferred == 1, "one deferral for the whole outage"
+        publisher.away = False
+        wait_until(lambda: conn.count("getAllDomainStats") > listings, what="the deferred resync, once Kafka answers")
+    finally:
+        pipeline.stop()
+        publisher.stop()
+        store.close()
