@@ -70,8 +70,8 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
     if fleet:
         out.append(Target("1,000-host fleet: Informer records/s >= 50,000", fleet.get("first_sync_records_per_s", nan),
                           50_000.0, "records/s", True))
-        out.append(Target("1,000-host fleet: fresh sync after heartbeats <= 2x the first",
-                          fleet.get("heartbeats_sync_ratio", nan), 2.0, "x", False))
+        out.append(Target("1,000-host fleet: fresh sync after steady traffic <= 2x the first",
+                          fleet.get("steady_sync_ratio", nan), 2.0, "x", False))
     return out
 
 

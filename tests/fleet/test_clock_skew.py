@@ -21,7 +21,7 @@ from tests.support.agent_proc import wait_for
 
 
 def _offsets_seen(env: FleetEnv) -> dict[str, list[float]]:
-    topic = env.topics[1]
+    topic = f"{env.topics[1]}.heartbeats"  # the heartbeats, without the inventory
     consumer = Consumer({"bootstrap.servers": env.kafka.bootstrap_servers, "group.id": uuid_mod.uuid4().hex,
                          "enable.auto.commit": False})
     codec = RecordCodec()
