@@ -27,6 +27,7 @@ from tests.bench import (
     bench_fleet_log,
     bench_latency,
     bench_libvirt_raw,
+    bench_outage,
     bench_rebuild,
     bench_scale,
     exit_on_sigterm,
@@ -37,7 +38,7 @@ from tests.bench import (
 )
 
 BENCHMARKS = (bench_codec, bench_libvirt_raw, bench_agent_throughput, bench_latency, bench_rebuild, bench_scale,
-              bench_fleet_log)
+              bench_fleet_log, bench_outage)
 
 
 def main(argv: list[str] | None = None) -> int:
