@@ -78,6 +78,7 @@ class _Sampler:
     def __init__(self, agent: Any) -> None:
         self.agent = agent
         self.t0 = time.monotonic()
+        self.wall0 = time.time()
         self.samples: list[dict[str, Any]] = []
         self.marks: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -253,6 +254,7 @@ def run(env: BenchEnv) -> BenchResult:
         during = sampler.between("broker_down", "restart_begin")
         after = sampler.between("caught_up", "end")
         peak = proc_status_kib(agent.proc.pid, "VmHWM") / 1024
+        final = agent.status()
     finally:
         with contextlib.suppress(Exception):
             if gen is not None:
@@ -291,7 +293,18 @@ def run(env: BenchEnv) -> BenchResult:
                "visible and status.json shows nothing pending or queued")
     result.add("recovered", "outage: agent caught up", 1.0 if recovered else 0.0, "bool",
                f"1 if it caught up within {RECOVER_TIMEOUT:.0f}s")
-    result.details = {"rss_series": [[s["t"], s["rss_mib"]] for s in sampler.samples],
+    # The agent's periodic resync (--resync-interval, 300 s by default) relists every domain and queues a
+    # RESYNC record for each: one that falls inside the outage waits in the producer until Kafka is back.
+    listed = final.get("resync_last_listed_at")
+    down_wall = sampler.wall0 + sampler.marks["broker_down"]
+    up_wall_s = sampler.wall0 + sampler.marks["restart_begin"]
+    in_outage = isinstance(listed, (int, float)) and down_wall <= listed <= up_wall_s
+    if in_outage:
+        result.notes.append(f"a periodic resync listed the domains {listed - down_wall:.0f}s into the outage: its "
+                            f"{DOMAINS:,} RESYNC records waited in the producer until the broker was back")
+    result.details = {"agent_resyncs_completed": final.get("resyncs_completed"),
+                      "resync_listed_in_outage_at_s": round(listed - down_wall, 1) if in_outage else None,
+                      "rss_series": [[s["t"], s["rss_mib"]] for s in sampler.samples],
                       "backlog_series": [[s["t"], s["producer_queue"], s["domains_pending"], s["domains_in_flight"]]
                                          for s in sampler.samples],
                       "marks": sampler.marks, "rss_pre_outage_mib": [min(pre), max(pre)] if pre else [],

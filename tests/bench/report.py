@@ -194,6 +194,13 @@ def plot(results: list[dict[str, Any]], directory: Path = RESULTS_DIR) -> list[P
                                   ("caught_up", "agent caught up", "k")):
             if key in marks:
                 ax.axvline(marks[key], color=color, linestyle=":", linewidth=1, label=label)
+        backlog = outage["details"].get("backlog_series", [])
+        if backlog:
+            ax2 = ax.twinx()
+            ax2.plot([b[0] for b in backlog], [b[1] or 0 for b in backlog], color="grey", linewidth=0.8,
+                     label="agent's producer queue (status.json)")
+            ax2.set_ylabel("messages queued in the agent's producer")
+            ax2.legend(fontsize=8, loc="upper left")
         lo = next((m["value"] for m in outage.get("metrics", []) if m["key"] == "rss_during_min_mib"),
                   min(mib for _, mib in series))
         ax.set_ylim(0, max(125.0, 1.1 * max(mib for _, mib in series)))
