@@ -517,14 +517,18 @@ def generator_main(argv: list[str] | None = None) -> int:
     - ``pool-define --pool K`` / ``pool-remove``: define (shut off) / remove ``prefix-0..K-1``;
     - ``paced --pool K --rate R --ops N --out FILE``: N operations at R/s, round-robin over the pool,
       each domain cycling create → suspend → resume → destroy (one lifecycle event each; N must be a
-      multiple of 4K so every domain ends shut off). FILE gets ``[uuid, op, before_us, after_us]`` per op.
+      multiple of 4K so every domain ends shut off). FILE gets ``[uuid, op, before_us, after_us]`` per op;
+    - ``churn --pool K --rate R --ops N --out FILE``: N operations at R/s, round-robin over ``prefix-0..K-1``,
+      each name alternately defined and undefined (one DEFINED / UNDEFINED event each) with the same UUID
+      every time, so the keys the agent sees stay K however long it runs; N must be a multiple of 2K so every
+      domain ends undefined. FILE as for ``paced``.
 
     Prints one JSON line: ``{"ops", "start_us", "end_us", "seconds", "max_behind_s", "cpu_s"}``.
     """
     import libvirt  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="bench-generator")
-    p.add_argument("mode", choices=["tight", "pool-define", "pool-remove", "paced"])
+    p.add_argument("mode", choices=["tight", "pool-define", "pool-remove", "paced", "churn"])
     p.add_argument("--uri", required=True)
     p.add_argument("--prefix", required=True)
     p.add_argument("--count", type=int, default=0)
@@ -557,12 +561,34 @@ def generator_main(argv: list[str] | None = None) -> int:
                         dom.destroy()
                     dom.undefine()
                     ops += 1
+        elif args.mode == "churn":
+            if args.ops % (2 * args.pool):
+                raise SystemExit("--ops must be a multiple of 2 x --pool")
+            uuids = [str(uuid_mod.uuid4()) for _ in range(args.pool)]
+            xmls = [_xml(f"{args.prefix}-{k}", uuids[k]) for k in range(args.pool)]
+            log: list[tuple[str, str, int, int]] = []
+            start = now_us()
+            pacer = Pacer(args.rate)
+            for i in range(args.ops):
+                pacer.wait_turn(i)
+                k = i % args.pool
+                define = (i // args.pool) % 2 == 0
+                before = now_us()
+                if define:
+                    conn.defineXML(xmls[k])
+                else:
+                    conn.lookupByUUIDString(uuids[k]).undefine()
+                log.append((uuids[k], "define" if define else "undefine", before, now_us()))
+            ops = args.ops
+            behind = pacer.max_behind
+            assert args.out is not None
+            args.out.write_text(json.dumps(log))
         else:
             if args.ops % (4 * args.pool):
                 raise SystemExit("--ops must be a multiple of 4 x --pool")
             doms = [conn.lookupByName(f"{args.prefix}-{i}") for i in range(args.pool)]
             uuids = [d.UUIDString() for d in doms]
-            log: list[tuple[str, str, int, int]] = []
+            log = []
             start = now_us()
             pacer = Pacer(args.rate)
             for i in range(args.ops):

@@ -72,6 +72,22 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
                           50_000.0, "records/s", True))
         out.append(Target("1,000-host fleet: fresh sync after steady traffic <= 2x the first",
                           fleet.get("steady_sync_ratio", nan), 2.0, "x", False))
+    outage = m.get("outage", {})
+    if outage:
+        out.append(Target("10,000 domains, broker outage: agent RSS max <= 120 MiB",
+                          outage.get("rss_during_max_mib", nan), 120.0, "MiB", False))
+        out.append(Target("10,000 domains, broker outage under churn: RSS spread <= 5 %",
+                          outage.get("rss_spread_pct", nan), 5.0, "%", False))
+        out.append(Target("10,000 domains, broker outage: agent caught up after it", outage.get("recovered", nan),
+                          1.0, "bool", True))
+    steady = m.get("steady", {})
+    if steady:
+        out.append(Target("1,000-host steady state: apply lag p99 <= 100 ms", steady.get("lag_p99_ms", nan), 100.0,
+                          "ms", False))
+        out.append(Target("1,000-host steady state: events produced/s >= 99% of 500", steady.get("events_per_s", nan),
+                          495.0, "records/s", True))
+        out.append(Target("1,000-host steady state: consumer saw every domain's last version",
+                          steady.get("caught_up", nan), 1.0, "bool", True))
     return out
 
 
@@ -87,7 +103,8 @@ def print_targets(results: list[dict[str, Any]]) -> list[Target]:
 
 
 def plot(results: list[dict[str, Any]], directory: Path = RESULTS_DIR) -> list[Path]:
-    """``latency_cdf.png`` and ``throughput_vs_offered.png``; [] without matplotlib (``pip install .[bench]``)."""
+    """``latency_cdf.png``, ``throughput_vs_offered.png`` and ``rss_outage.png``, for the results that are there;
+    [] without matplotlib (``pip install .[bench]``)."""
     try:
         import matplotlib  # noqa: PLC0415
 
@@ -161,6 +178,42 @@ def plot(results: list[dict[str, Any]], directory: Path = RESULTS_DIR) -> list[P
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         path = directory / "throughput_vs_offered.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    outage = by_name.get("outage", {})
+    series = outage.get("details", {}).get("rss_series", [])
+    if series:
+        marks = outage["details"].get("marks", {})
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        ax.plot([t for t, _ in series], [mib for _, mib in series], color="C0", label="agent VmRSS (1 s samples)")
+        if "broker_down" in marks and "restart_begin" in marks:
+            ax.axvspan(marks["broker_down"], marks["restart_begin"], color="C3", alpha=0.15,
+                       label=f"broker down ({outage.get('params', {}).get('outage_s', '?')} s)")
+        for key, label, color in (("churn_start", "churn starts", "grey"), ("broker_up", "broker serving", "C2"),
+                                  ("caught_up", "agent caught up", "k")):
+            if key in marks:
+                ax.axvline(marks[key], color=color, linestyle=":", linewidth=1, label=label)
+        backlog = outage["details"].get("backlog_series", [])
+        if backlog:
+            ax2 = ax.twinx()
+            ax2.plot([b[0] for b in backlog], [b[1] or 0 for b in backlog], color="grey", linewidth=0.8,
+                     label="agent's producer queue (status.json)")
+            ax2.set_ylabel("messages queued in the agent's producer")
+            ax2.legend(fontsize=8, loc="upper left")
+        lo = next((m["value"] for m in outage.get("metrics", []) if m["key"] == "rss_during_min_mib"),
+                  min(mib for _, mib in series))
+        ax.set_ylim(0, max(125.0, 1.1 * max(mib for _, mib in series)))
+        ax.axhline(120, color="green", linestyle="-.", linewidth=0.8, label="target 120 MiB")
+        ax.axhspan(lo, lo * 1.05, color="green", alpha=0.08, label="+5 % over the outage's minimum")
+        ax.set_xlabel("seconds since sampling started (start-up resync acknowledged)")
+        ax.set_ylabel("RSS (MiB)")
+        domains = outage.get("params", {}).get("domains", 10_000)
+        ax.set_title(f"agent RSS, {domains:,} domains, broker outage under churn")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        path = directory / "rss_outage.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -27,8 +27,10 @@ from tests.bench import (
     bench_fleet_log,
     bench_latency,
     bench_libvirt_raw,
+    bench_outage,
     bench_rebuild,
     bench_scale,
+    bench_steady,
     exit_on_sigterm,
     print_table,
     progress,
@@ -37,7 +39,7 @@ from tests.bench import (
 )
 
 BENCHMARKS = (bench_codec, bench_libvirt_raw, bench_agent_throughput, bench_latency, bench_rebuild, bench_scale,
-              bench_fleet_log)
+              bench_fleet_log, bench_outage, bench_steady)
 
 
 def main(argv: list[str] | None = None) -> int:
