@@ -51,6 +51,21 @@ STEADY_S = float(os.environ.get("LKB_BENCH_FLEET_S", "330"))
 SAMPLE_S = 15.0
 
 
+def send(producer: Any, topic: str, key: bytes, value: bytes, failed: list[str]) -> None:
+    """Produce one message, waiting out a full queue; a failed delivery's error lands in ``failed``."""
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            break
+        except BufferError:
+            producer.poll(0.1)
+    producer.poll(0)
+
+
 @dataclass
 class _Host:
     name: str
@@ -61,7 +76,7 @@ class _Host:
     resync_id: str = "r0"
 
 
-class _Fleet:
+class Fleet:
     """Writes the synthetic fleet's records: resyncs (RESYNC records + HostRecord) and heartbeats."""
 
     def __init__(self, env: BenchEnv, settings: Any) -> None:
@@ -80,21 +95,11 @@ class _Fleet:
                             [str(uuid_mod.uuid4()) for _ in range(DOMAINS_PER_HOST)]) for h in range(HOSTS)]
 
     def _send(self, topic: str, key: bytes, value: bytes) -> None:
-        def on_delivery(err: Any, _msg: Any) -> None:
-            if err is not None:
-                self._failed.append(str(err))
-
         self.bytes += len(value)
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.1)
-        self._producer.poll(0)
+        send(self._producer, topic, key, value, self._failed)
 
-    def resync(self, host: _Host, resync_id: str) -> None:
-        """The host's RESYNC record for every domain, then its HostRecord listing them."""
+    def resync(self, host: _Host, resync_id: str) -> Any:
+        """The host's RESYNC record for every domain, then its HostRecord listing them (returned)."""
         from bridge.records import DomainRecord, HostRecord, InventoryEntry, RecordKind  # noqa: PLC0415
 
         listed_at = now_us()
@@ -115,6 +120,7 @@ class _Fleet:
         hr = HostRecord(host=host.name, agent=host.agent, heartbeat_at=now_us(), resync_id=resync_id,
                         listed_at=listed_at, domains=tuple(entries), heartbeat_interval_ms=int(RESYNC_S * 1000))
         self._send(self._settings.hosts_topic, host.name.encode(), self._codec.encode_host(hr))
+        return hr
 
     def heartbeat(self, host: _Host) -> None:
         from bridge.records import HostRecord  # noqa: PLC0415
@@ -146,7 +152,7 @@ def _exists(path: Path) -> bool:
     return path.exists()  # the cleaner swaps segments while we look
 
 
-def _steady(fleet: _Fleet, env: BenchEnv, topics: tuple[str, ...]) -> list[dict[str, Any]]:
+def _steady(fleet: Fleet, env: BenchEnv, topics: tuple[str, ...]) -> list[dict[str, Any]]:
     """STEADY_S seconds of heartbeats and periodic resyncs, paced; the topics' bytes every SAMPLE_S."""
     samples: list[dict[str, Any]] = []
     beat_every, resync_every = HEARTBEAT_S / HOSTS, RESYNC_S / HOSTS
@@ -223,7 +229,7 @@ def run(env: BenchEnv) -> BenchResult:
     settings = KafkaSettings(bootstrap_servers=env.bootstrap, domains_topic=domains_topic, hosts_topic=hosts_topic)
     topics = (domains_topic, hosts_topic, settings.heartbeats)
     prepare_topics(settings, partitions=PARTITIONS, replication_factor=1, control_topic=None, timeout=30)
-    fleet = _Fleet(env, settings)
+    fleet = Fleet(env, settings)
     t = time.monotonic()
     for host in fleet.hosts:
         fleet.resync(host, "r0")

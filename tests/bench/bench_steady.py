@@ -9,8 +9,8 @@ update queued behind its domain's add would be merged into it). Then, for ``STEA
 GIL; the agent's producer settings, ``linger.ms`` 5) writes, paced as one interleaved schedule:
 
 - every host's heartbeat every ``HEARTBEAT_INTERVAL_S`` (10 s: 100 heartbeats/s, spread evenly), made
-  by :func:`heartbeat`: an inventory-less HostRecord on ``KafkaSettings.heartbeats_topic`` when the
-  settings have one, else (today) a full HostRecord repeating the inventory on the hosts topic;
+  by :func:`heartbeat` as the agent makes it: a HostRecord without the inventory on the heartbeats
+  topic;
 - ``EVENT_RATE`` (500) DomainRecord EVENT records/s for random domains of the fleet, each with a
   version above every earlier one and its produce wall time in ``observed_at``.
 
@@ -22,10 +22,6 @@ counted as ``merged``), the consumer's CPU share (this process's CPU seconds ove
 seconds, as a fraction of one core: only the Informer runs here) and the longest full (generation 2)
 garbage collection of this process in the window, which stalls every thread of the consumer. The
 details hold every record's (produce time, lag) and the collections' (time, pause).
-
-The Informer's ``lag()`` is not read: with confluent-kafka 2.16 a call on its consumer from another
-thread waits at the client's gate while the reflector polls back to back (a call on a synced, idle
-Informer was still blocked after 45 s).
 
 ``python -m tests.bench.bench_steady`` (``LKB_BENCH_STEADY_S=20`` for a quick check)
 """
@@ -57,7 +53,7 @@ from tests.bench import (
     unique_topics,
     wait_for,
 )
-from tests.bench.bench_fleet_log import DOMAINS_PER_HOST, HOSTS, PARTITIONS, _fleet, _send
+from tests.bench.bench_fleet_log import DOMAINS_PER_HOST, HOSTS, PARTITIONS, Fleet, send
 from tests.bench.bench_rebuild import _XML
 
 NAME = "steady"
@@ -72,27 +68,19 @@ LAG_TARGET_MS = 100.0
 
 
 def _settings(bootstrap: str, domains_topic: str, hosts_topic: str) -> Any:
-    """KafkaSettings for the run's topics; a heartbeats topic of its own too, once the settings have one."""
+    """KafkaSettings for the run's topics (and the heartbeats topic derived from the hosts topic's name)."""
     from bridge.kafka_settings import KafkaSettings  # noqa: PLC0415
 
-    settings = KafkaSettings(bootstrap_servers=bootstrap, domains_topic=domains_topic, hosts_topic=hosts_topic)
-    if getattr(settings, "heartbeats_topic", None):
-        extra: dict[str, Any] = {"heartbeats_topic": hosts_topic.removesuffix(".hosts") + ".heartbeats"}
-        settings = replace(settings, **extra)
-    return settings
+    return KafkaSettings(bootstrap_servers=bootstrap, domains_topic=domains_topic, hosts_topic=hosts_topic)
 
 
-def heartbeat(settings: Any, host: Any, at_us: int) -> tuple[str, Any]:
-    """``host``'s heartbeat at ``at_us`` and the topic it goes to.
-
-    With ``settings.heartbeats_topic`` set: a HostRecord without its inventory (``domains=()``,
-    ``listed_at=None``, ``resync_id`` kept) on that topic; without one (today's agent): the HostRecord
-    repeating the latest inventory on the hosts topic.
-    """
-    topic = getattr(settings, "heartbeats_topic", None)
-    if topic:
-        return str(topic), replace(host, heartbeat_at=at_us, domains=(), listed_at=None)
-    return str(settings.hosts_topic), replace(host, heartbeat_at=at_us)
+def heartbeat(settings: Any, codec: Any, host: Any, at_us: int) -> tuple[str, bytes]:
+    """``host``'s heartbeat at ``at_us``: (topic, value). As the agent sends it: a HostRecord without
+    the inventory on the heartbeats topic, or, with none, the whole HostRecord on the hosts topic."""
+    if settings.heartbeats:
+        beat = replace(host, heartbeat_at=at_us, domains=(), listed_at=None, heartbeat_interval_ms=10_000)
+        return str(settings.heartbeats), codec.encode_heartbeat(beat)
+    return str(settings.hosts_topic), codec.encode_host(replace(host, heartbeat_at=at_us))
 
 
 def producer_main(argv: list[str] | None = None) -> int:
@@ -105,14 +93,13 @@ def producer_main(argv: list[str] | None = None) -> int:
 
     from bridge.agent.publisher import producer_config  # noqa: PLC0415
     from bridge.records import DomainEvent, DomainRecord, HostRecord, RecordKind  # noqa: PLC0415
-    from bridge.serde import RecordCodec  # noqa: PLC0415
     from devenv.pacing import Pacer  # noqa: PLC0415
 
     args = sys.argv[1:] if argv is None else argv
     plan = json.loads(Path(args[0]).read_text())
     settings = _settings(plan["bootstrap"], plan["domains_topic"], plan["hosts_topic"])
     hosts = [HostRecord.from_avro(h) for h in plan["hosts"]]
-    codec = RecordCodec(None, settings.domains_topic, settings.hosts_topic)
+    codec = settings.codec()
     producer = Producer(producer_config({"bootstrap.servers": settings.bootstrap_servers, "log_level": "3"}))
     producer.list_topics(timeout=30)  # connected before the window, so the first records do not wait for it
     rng = random.Random(plan.get("seed", 0))
@@ -131,8 +118,8 @@ def producer_main(argv: list[str] | None = None) -> int:
         pacer.wait_turn(i)
         if int((i + 1) * hb_rate / total_rate) > int(i * hb_rate / total_rate):  # heartbeats spread evenly
             hr = hosts[beats % len(hosts)]
-            topic, beat = heartbeat(settings, hr, now_us())
-            _send(producer, topic, hr.host.encode(), codec.encode_host(beat), failed)
+            topic, value = heartbeat(settings, codec, hr, now_us())
+            send(producer, topic, hr.host.encode(), value, failed)
             beats += 1
             continue
         h = rng.randrange(len(hosts))
@@ -149,14 +136,13 @@ def producer_main(argv: list[str] | None = None) -> int:
                               agent=hr.agent, observed_at=at, state=state, reason=reason, active=active,
                               persistent=True, xml=xml,
                               events=(DomainEvent(id="lifecycle", received_at=at, type=etype, detail=detail),))
-        _send(producer, settings.domains_topic, uuid.encode(), codec.encode_domain(record), failed)
+        send(producer, settings.domains_topic, uuid.encode(), codec.encode_domain(record), failed)
         last[uuid] = version
         events += 1
     end = now_us()
     left = producer.flush(60)
     Path(args[1]).write_text(json.dumps(last))
-    print(json.dumps({"events": events, "heartbeats": beats, "heartbeats_topic": getattr(settings, "heartbeats_topic",
-                                                                                         None),
+    print(json.dumps({"events": events, "heartbeats": beats, "heartbeats_topic": settings.heartbeats or None,
                       "start_us": start, "end_us": end, "seconds": (end - start) / 1e6,
                       "max_behind_s": round(pacer.max_behind, 4), "cpu_s": round(time.process_time() - cpu0, 3),
                       "failed": len(failed) + left, "errors": failed[:3]}), flush=True)
@@ -174,7 +160,9 @@ def run(env: BenchEnv) -> BenchResult:
     domains_topic, hosts_topic = unique_topics(NAME)
     settings = _settings(env.bootstrap, domains_topic, hosts_topic)
     prepare_topics(settings, partitions=PARTITIONS, replication_factor=1, control_topic=None, timeout=30)
-    hosts, _size = _fleet(env, domains_topic, hosts_topic)
+    fleet = Fleet(env, settings)
+    hosts = [fleet.resync(h, "r0") for h in fleet.hosts]
+    fleet.flush()
     workdir = env.dir(NAME)
     plan_path, out_path = workdir / "plan.json", workdir / "last.json"
     plan_path.write_text(json.dumps({
