@@ -265,11 +265,13 @@ def run(env: BenchEnv) -> BenchResult:
         if agent is not None:
             agent.terminate()
         progress(f"{NAME}: undefining the {DOMAINS:,} domains and the churn pool ...")
-        _undefine(conn, uuids)
-        for dom in conn.listAllDomains(0):
-            if dom.name().startswith(prefix + "-"):
-                dom.undefine()
-        conn.close()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()  # idle through the outage, libvirtd may have dropped it: a fresh one cleans up
+        with libvirt.open(env.test_uri) as fresh:
+            _undefine(fresh, uuids)
+            for dom in fresh.listAllDomains(0):
+                if dom.name().startswith(prefix + "-"):
+                    dom.undefine()
     hi, lo = max(during), min(during)
     spread = hi / lo - 1
     after_mib = after[-1] if after else math.nan
