@@ -145,11 +145,7 @@ def plot(results: list[dict[str, Any]], directory: Path = RESULTS_DIR) -> list[P
         axes[0].set_ylabel("fraction of events")
         axes[1].legend(loc="lower right", fontsize=8)
         fig.suptitle("event -> visible to a consumer: agent vs peer vs Kafka floor (same run)")
-        fig.tight_layout()
-        path = directory / "latency_cdf.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, directory / "latency_cdf.png"))
     if phases:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for label, series, color in (("agent", phases, "C0"), ("peer virsh|kcat", peers, "C3")):
@@ -176,11 +172,7 @@ def plot(results: list[dict[str, Any]], directory: Path = RESULTS_DIR) -> list[P
         ax.set_title("throughput against offered rate (same run)")
         ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        path = directory / "throughput_vs_offered.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, directory / "throughput_vs_offered.png"))
     outage = by_name.get("outage", {})
     series = outage.get("details", {}).get("rss_series", [])
     if series:
@@ -212,11 +204,7 @@ def plot(results: list[dict[str, Any]], directory: Path = RESULTS_DIR) -> list[P
         ax.set_title(f"agent RSS, {domains:,} domains, broker outage under churn")
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        path = directory / "rss_outage.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, directory / "rss_outage.png"))
     return written
 
 
@@ -232,3 +220,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
