@@ -51,7 +51,7 @@ STEADY_S = float(os.environ.get("LKB_BENCH_FLEET_S", "330"))
 SAMPLE_S = 15.0
 
 
-def send(producer: Any, topic: str, key: bytes, value: bytes, failed: list[str]) -> None:
+def send(producer: Any, topic: str, key: bytes, value: bytes, failed: list[str], headers: Any = None) -> None:
     """Produce one message, waiting out a full queue; a failed delivery's error lands in ``failed``."""
     def on_delivery(err: Any, _msg: Any) -> None:
         if err is not None:
@@ -59,7 +59,7 @@ def send(producer: Any, topic: str, key: bytes, value: bytes, failed: list[str])
 
     while True:
         try:
-            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery, headers=headers)
             break
         except BufferError:
             producer.poll(0.1)
@@ -94,13 +94,14 @@ class Fleet:
         self.hosts = [_Host(f"hv-{h:04d}", AgentInfo(uuid_mod.uuid4().hex, "bench", "9.0.0"), h * DOMAINS_PER_HOST,
                             [str(uuid_mod.uuid4()) for _ in range(DOMAINS_PER_HOST)]) for h in range(HOSTS)]
 
-    def _send(self, topic: str, key: bytes, value: bytes) -> None:
+    def _send(self, topic: str, key: bytes, value: bytes, headers: Any) -> None:
         self.bytes += len(value)
-        send(self._producer, topic, key, value, self._failed)
+        send(self._producer, topic, key, value, self._failed, list(headers))  # the agent's CloudEvents headers
 
     def resync(self, host: _Host, resync_id: str) -> Any:
         """The host's RESYNC record for every domain, then its HostRecord listing them (returned)."""
         from bridge.records import DomainRecord, HostRecord, InventoryEntry, RecordKind  # noqa: PLC0415
+        from bridge.serde import cloud_events  # noqa: PLC0415
 
         listed_at = now_us()
         entries = []
@@ -114,20 +115,24 @@ class Fleet:
             record = DomainRecord(uuid=uuid, name=name, host=host.name, version=version, kind=RecordKind.RESYNC,
                                   agent=host.agent, observed_at=version, state="RUNNING", reason="BOOTED",
                                   active=True, persistent=True, xml=xml, resync_id=resync_id)
-            self._send(self._settings.domains_topic, uuid.encode(), self._codec.encode_domain(record))
+            self._send(self._settings.domains_topic, uuid.encode(), self._codec.encode_domain(record),
+                       cloud_events.domain_headers(record))
             entries.append(InventoryEntry(uuid, version))
         host.resync_id = resync_id
         hr = HostRecord(host=host.name, agent=host.agent, heartbeat_at=now_us(), resync_id=resync_id,
                         listed_at=listed_at, domains=tuple(entries), heartbeat_interval_ms=int(RESYNC_S * 1000))
-        self._send(self._settings.hosts_topic, host.name.encode(), self._codec.encode_host(hr))
+        self._send(self._settings.hosts_topic, host.name.encode(), self._codec.encode_host(hr),
+                   cloud_events.host_headers(hr))
         return hr
 
     def heartbeat(self, host: _Host) -> None:
         from bridge.records import HostRecord  # noqa: PLC0415
+        from bridge.serde import cloud_events  # noqa: PLC0415
 
         beat = HostRecord(host=host.name, agent=host.agent, heartbeat_at=now_us(), resync_id=host.resync_id,
                           heartbeat_interval_ms=int(HEARTBEAT_S * 1000))
-        self._send(self._settings.heartbeats, host.name.encode(), self._codec.encode_heartbeat(beat))
+        self._send(self._settings.heartbeats, host.name.encode(), self._codec.encode_heartbeat(beat),
+                   cloud_events.heartbeat_headers(beat))
 
     def wait(self, seconds: float) -> None:
         self._producer.poll(seconds)

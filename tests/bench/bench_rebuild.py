@@ -98,7 +98,7 @@ def _produce(env: BenchEnv, domains_topic: str, hosts_topic: str, count: int, ve
     from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
 
     from bridge.agent.publisher import producer_config  # noqa: PLC0415
-    from bridge.serde import RecordCodec  # noqa: PLC0415
+    from bridge.serde import RecordCodec, cloud_events  # noqa: PLC0415
 
     admin = AdminClient({"bootstrap.servers": env.bootstrap})
     futures = admin.create_topics([NewTopic(domains_topic, PARTITIONS, 1, config={"cleanup.policy": "compact"}),
@@ -124,7 +124,8 @@ def _produce(env: BenchEnv, domains_topic: str, hosts_topic: str, count: int, ve
         value_bytes += len(value)
         while True:
             try:
-                producer.produce(domains_topic, key=record.uuid.encode(), value=value, on_delivery=on_delivery)
+                producer.produce(domains_topic, key=record.uuid.encode(), value=value, on_delivery=on_delivery,
+                                 headers=list(cloud_events.domain_headers(record)))  # as the agent sends it
                 break
             except BufferError:
                 producer.poll(0.1)
