@@ -61,6 +61,20 @@ def wait_until(
         time.sleep(interval)
 
 
+def hold(seconds: float, *, check: Callable[[], None] | None = None, interval: float = 0.1) -> None:
+    """Run ``check`` every ``interval`` for ``seconds``: a window in which something must not happen
+    (a negative check, so there is no state to wait on); ``check`` raises to fail at once. Without a
+    check, a fault-timing or pacing pause that names itself as one."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if check is not None:
+            check()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(interval, left))
+
+
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:

@@ -46,7 +46,7 @@ __all__ = ["ConsumedMessage", "ConsumerError", "ConsumerFactory", "KafkaAccessEr
 from bridge.serde.message_decoder import Headers
 
 log = logging.getLogger(__name__)
-MARKS_EVERY = 0.5  # seconds between the reader's looks at its partitions' high watermarks
+MARKS_EVERY = 0.5  # s; taken on the reader's thread: confluent-kafka 2.16 blocks other threads' calls as it polls
 
 
 class KafkaConsumer(Protocol):
@@ -101,7 +101,7 @@ class Reflector:
         self._request_timeout = request_timeout
         self._max_backoff = max_backoff
         self._targets: dict[tuple[str, int], int] = {}
-        self._marks: dict[tuple[str, int], int] = {}  # guarded by _lock: high_watermarks() reads it
+        self._marks: dict[tuple[str, int], int] = {}  # replaced whole, never changed: read without a lock
         self._marks_due = 0.0
         self._synced = False
         self._lock = threading.Lock()  # guards the counters, read from other threads
@@ -137,17 +137,14 @@ class Reflector:
 
     def counters(self) -> ReflectorCounters:
         with self._lock:
-            return ReflectorCounters(
-                undecodable=self._counts["undecodable"],
-                unknown_schema=self._counts[ReadAs.NEWER_SCHEMA.value],
-                legacy_fingerprint=self._counts[ReadAs.LEGACY_FINGERPRINT.value],
-            )
+            c = self._counts
+            return ReflectorCounters(undecodable=c["undecodable"], unknown_schema=c[ReadAs.NEWER_SCHEMA.value],
+                                     legacy_fingerprint=c[ReadAs.LEGACY_FINGERPRINT.value])
 
     def high_watermarks(self) -> dict[tuple[str, int], int]:
-        """Each partition's high watermark as fetch replies last reported it, taken by the reader's own
-        thread every MARKS_EVERY (confluent-kafka 2.16 blocks other threads' calls while it polls)."""
-        with self._lock:
-            return dict(self._marks)
+        """Each partition's high watermark as fetch replies last reported it, at most MARKS_EVERY old;
+        empty before the reader is assigned or once it is closed."""
+        return {} if self._closed else dict(self._marks)
 
     def run(self, stop: threading.Event) -> None:
         """Read until ``stop`` is set, then close the consumer. Raises ConsumerError if fatal."""
@@ -209,9 +206,7 @@ class Reflector:
             raw = [] if first is None else [first, *self._consumer.consume(self._batch_size - 1, 0)]
             if time.monotonic() >= self._marks_due:
                 self._marks_due = time.monotonic() + MARKS_EVERY
-                marks = cached_high_watermarks(self._consumer, self._targets)
-                with self._lock:
-                    self._marks = marks
+                self._marks = cached_high_watermarks(self._consumer, self._targets)
         except KafkaException as exc:
             self._set_error(f"consume failed: {error_text(exc, self._settings)}")
             return

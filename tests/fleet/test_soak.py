@@ -33,7 +33,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from devenv import domain_xml, wait_until
+from devenv import domain_xml, hold, wait_until
 from tests.fleet.support import FleetEnv, agent_status, caught_up
 from tests.support.view import fresh_view, view_diff
 
@@ -224,7 +224,7 @@ class Soak:
                 # Fault timing, not synchronisation: the restarted agent lists its domains about a
                 # second after its start; a random lead puts that listing at some moment of the
                 # migration (before the destination's QEMU is up, mid-transfer, after the switch-over).
-                time.sleep(self.rng.uniform(0.2, 1.2))
+                hold(self.rng.uniform(0.2, 1.2))
             run()
         except libvirt.libvirtError as exc:
             self.note(f"{label}: FAILED ({exc.get_error_code()}: {exc})")
@@ -392,7 +392,7 @@ def test_random_fleet_soak(env: FleetEnv) -> None:
                 soak.note(f"libvirt error: {exc}")
                 soak.errors.append(str(exc))
                 assert len(soak.errors) <= 20, f"too many libvirt errors: {soak.errors[-5:]}\n{soak.context()}"
-            time.sleep(PACING)  # pacing between random steps, not synchronisation
+            hold(PACING)  # pacing between random steps, not synchronisation
         loop_s = time.monotonic() - soak.started
         for agent in env.agents:  # every agent runs (a kill is always followed by a start)
             agent.check_alive()

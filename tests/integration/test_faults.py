@@ -21,7 +21,7 @@ import libvirt
 import pytest
 
 from bridge.records import HostStatus
-from devenv import KafkaCluster, LibvirtHost
+from devenv import KafkaCluster, LibvirtHost, hold
 from tests.support.agent_proc import AgentProcess, wait_for
 from tests.support.checks import assert_versions_increase_per_key, by_uuid, decode_log, published_events
 from tests.support.domains import unique_name, xml_for_test_driver
@@ -262,11 +262,9 @@ def test_scheduled_resyncs_wait_for_kafka_instead_of_queueing_every_domain(setup
         down = True
         wait_for(lambda: int(agent.status().get("resyncs_deferred", 0)) >= 1, 30, "a due resync deferred")
         before = int(agent.status()["resyncs_deferred"])
-        queues = []
-        deadline = time.monotonic() + 6  # three resync intervals of outage
-        while time.monotonic() < deadline:
-            queues.append(int(agent.status().get("producer_queue", 0)))
-            time.sleep(0.2)  # sampling the outage, not waiting for a state
+        queues: list[int] = []
+        # Three resync intervals of outage, sampled.
+        hold(6, check=lambda: queues.append(int(agent.status().get("producer_queue", 0))), interval=0.2)
         assert max(queues) < 300, f"a resync queued the host's domains during the outage: {max(queues)}"
         assert int(agent.status()["resyncs_deferred"]) == before, "one deferral for the whole outage"
         completed = int(agent.status()["resyncs_completed"])

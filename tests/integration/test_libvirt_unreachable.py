@@ -22,7 +22,7 @@ import pytest
 from bridge.consumer import Informer
 from bridge.kafka_settings import KafkaSettings
 from bridge.records import HostStatus
-from devenv import LibvirtHost
+from devenv import LibvirtHost, hold
 from tests.support.agent_proc import AgentProcess, wait_for
 from tests.support.domains import unique_name, xml_for_test_driver
 from tests.support.topics import host_records, unique_topics
@@ -82,13 +82,14 @@ def test_a_host_without_libvirt_keeps_its_domains_flagged_unknown(tmp_path: Path
 
         wait_for(lambda: announced(HostStatus.LIBVIRT_UNREACHABLE), 30, "the lost host announced unreachable")
         # The whole outage: the domains stay, flagged, in the live view and in `state`.
-        while time.monotonic() - down_at < OUTAGE_S:
+        def still_kept() -> None:
             snap = informer.list()
             assert set(kept) <= set(snap.domains), "an unreachable host's domains left the view"
             assert all(snap.unknown_reason(u) == "libvirt unreachable" for u in kept), \
                 {u: snap.unknown_reason(u) for u in kept}
             assert not set(kept) & set(deleted)
-            time.sleep(1.0)  # an observation period, not a synchronisation: the outage lasts OUTAGE_S
+
+        hold(max(0.0, OUTAGE_S - (time.monotonic() - down_at)), check=still_kept, interval=1.0)
         state = subprocess.run(
             [sys.executable, "-m", "bridge", "state", "--output", "json", "--bootstrap-servers",
              kafka.bootstrap_servers, "--topic", topics[0], "--hosts-topic", topics[1]],

@@ -26,6 +26,7 @@ from bridge.agent.work_queue import WorkQueue
 from bridge.core.version_clock import wall_clock_micros
 from bridge.records import DomainEvent, DomainRecord, HostRecord, HostStatus, RecordKind
 from bridge.serde import DomainTombstone, Payload
+from devenv import hold
 from devenv import wait_until as devenv_wait_until
 from tests.fakes import FakeConnection, FakeDomain, FakeProducer, FakeSession, Produced, decode, libvirt_error
 from tests.fakes.records import AGENT, CODEC, DOMAINS, HOSTS, uuid_of
@@ -205,8 +206,10 @@ def test_the_inventory_is_published_only_after_every_resync_record_is_acked(agen
     for m in produced:
         if m is not last:
             agent.producer.ack(m.index)
-    time.sleep(0.3)  # a window in which nothing may happen (a negative check), not a wait for a condition
-    assert inventories() == [], "an inventory before its last RESYNC record was acknowledged"
+    def no_inventory() -> None:
+        assert inventories() == [], "an inventory before its last RESYNC record was acknowledged"
+
+    hold(0.3, check=no_inventory)
 
     agent.producer.ack(last.index)
     wait_until(lambda: bool(inventories()), what="the inventory")
@@ -356,10 +359,10 @@ def test_a_scheduled_resync_waits_while_kafka_is_away_then_runs_at_once(tmp_path
         wait_until(lambda: pipeline.stats.resyncs_deferred == 1, what="the due resync deferred")
         listings = conn.count("getAllDomainStats")
         # Several intervals pass: no listing, so no record per domain piles up in the producer.
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
+        def no_listing() -> None:
             assert conn.count("getAllDomainStats") == listings
-            time.sleep(0.05)  # a negative window: nothing may happen in it
+
+        hold(1.0, check=no_listing, interval=0.05)
         assert pipeline.stats.resyncs_deferred == 1, "one deferral for the whole outage"
         publisher.away = False
         wait_until(lambda: conn.count("getAllDomainStats") > listings, what="the deferred resync, once Kafka answers")

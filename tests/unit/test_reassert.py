@@ -7,7 +7,6 @@ a claim; nobody else does. The same across real hosts and a real cluster: ``test
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -24,7 +23,7 @@ from bridge.core.version_clock import wall_clock_micros
 from bridge.errors import DecodeError
 from bridge.records import DomainEvent, DomainRecord, HostRecord, RecordKind
 from bridge.signals import ReassertSignal, ResyncSignal, decode_signal
-from devenv import wait_until
+from devenv import hold, wait_until
 from tests.fakes import FakeConnection, FakeDomain, FakeProducer, FakeSession, Produced, decode
 from tests.fakes.records import AGENT, CODEC, DOMAINS, HOSTS, uuid_of
 
@@ -102,7 +101,7 @@ def host(tmp_path) -> Iterator[Host]:
 def quiet_window() -> None:
     # A negative check with no state to wait on: the hand-off sits in the queue behind a record in
     # flight, invisible to the re-assertion until that record is acknowledged.
-    time.sleep(0.3)
+    hold(0.3)
 
 
 def test_a_source_asks_for_re_assertion_only_after_its_last_record_is_acknowledged(host):
