@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from bridge.consumer.position import Offset, Position
 from bridge.errors import BridgeError
@@ -20,9 +21,8 @@ class KafkaAccessError(ConsumerError):
     settings cannot help, so the reader stops instead of retrying."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumedMessage:
-    """One decoded message and where it was read."""
+class ConsumedMessage(NamedTuple):
+    """One decoded message and where it was read (a named tuple: one is made for every message read)."""
 
     payload: Payload
     source: Offset

@@ -50,14 +50,16 @@ class Fanout:
 
     # -- the view's side (inside View.apply) --------------------------------------------------------
 
-    def publish(self, changes: list[Change], initial: list[Change] | None) -> None:
-        """Queue ``changes`` for every live reader; at sync, start the waiting ones from ``initial``."""
+    def publish(self, changes: list[Change], just_synced: bool) -> None:
+        """Queue ``changes`` for every live reader; at sync, start the waiting ones from the view's adds."""
         with self._lock:
             for queue in self._live:
                 queue.put(changes)
-            if initial is not None:
-                for queue in self._awaiting_sync:
-                    queue.put(initial)
+            if just_synced:
+                if self._awaiting_sync:
+                    initial = self._view.initial_adds()  # sorted once, shared; only if someone waits
+                    for queue in self._awaiting_sync:
+                        queue.put(initial)
                 self._live.extend(self._awaiting_sync)
                 self._awaiting_sync.clear()
 

@@ -32,15 +32,16 @@ class ChangeHistory:
         self._dropped: dict[TopicPartition, int] = {}
 
     def extend(self, changes: Iterable[Change]) -> None:
-        for change in changes:
-            if change.source is None:
-                continue  # only message-caused changes can be replayed by position
-            self._changes.append(change)
-        while len(self._changes) > self._capacity:
-            gone = self._changes.popleft()
-            assert gone.source is not None
-            key = (gone.source.topic, gone.source.partition)
-            self._dropped[key] = max(self._dropped.get(key, 0), gone.source.offset + 1)
+        ring = self._changes
+        ring.extend([c for c in changes if c.source is not None])  # only message-caused changes replay
+        surplus = len(ring) - self._capacity
+        dropped = self._dropped
+        for _ in range(max(0, surplus)):
+            gone = ring.popleft().source
+            assert gone is not None
+            key = (gone.topic, gone.partition)
+            if dropped.get(key, 0) <= gone.offset:
+                dropped[key] = gone.offset + 1
 
     def since(self, position: Position) -> list[Change]:
         """Every retained change that ``position`` does not cover; raises PositionExpired if some

@@ -7,14 +7,13 @@ and a watch resumes after one. Offsets name Kafka messages; :class:`Offset` is o
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 TopicPartition = tuple[str, int]
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Offset:
-    """The address of one message."""
+class Offset(NamedTuple):
+    """The address of one message (a named tuple: one is made for every message read)."""
 
     topic: str
     partition: int

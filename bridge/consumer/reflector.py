@@ -226,7 +226,10 @@ class Reflector:
                 self._set_error(error_text(err, self._settings))
                 continue
             source = Offset(msg.topic(), msg.partition(), msg.offset())
-            moved |= self._advance(source.topic, source.partition, source.offset + 1)
+            where = (source.topic, source.partition)
+            if source.offset >= self._next.get(where, 0):  # _advance, inlined: this runs per message
+                self._next[where] = source.offset + 1
+                moved = True
             payload = self._decode(source, msg.key(), msg.value(), msg.headers())
             if payload is not None:
                 messages.append(ConsumedMessage(payload, source))
@@ -250,23 +253,23 @@ class Reflector:
     def _decode(self, source: Offset, key: bytes | None, value: bytes | None,
                 headers: Headers) -> Payload | None:
         try:
-            decoded = self._decoder.decode(source.topic, key, value, headers)
+            payload, read_as = self._decoder.read(source.topic, key, value, headers)
         except DecodeError as exc:
             with self._lock:
                 self._counts["undecodable"] += 1
             log.warning("skipping undecodable message at %s (key %r): %s", source, _short(key), exc)
             return None
-        if decoded.read_as is not ReadAs.CURRENT:
+        if read_as is not ReadAs.CURRENT:
             with self._lock:
-                self._counts[decoded.read_as.value] += 1
-                first = self._counts[decoded.read_as.value] == 1
-            if decoded.read_as is ReadAs.LEGACY_FINGERPRINT and first:
+                self._counts[read_as.value] += 1
+                first = self._counts[read_as.value] == 1
+            if read_as is ReadAs.LEGACY_FINGERPRINT and first:
                 log.warning("reading records written by libvirt-kafka-bridge 0.1.0 (first at %s): their "
                             "single-object fingerprint is byte-reversed; accepted for this release only, "
                             "counted as legacy_fingerprint", source)
-            elif decoded.read_as is ReadAs.NEWER_SCHEMA:
+            elif read_as is ReadAs.NEWER_SCHEMA:
                 log.debug("record at %s was written with an unknown (newer) schema; extra fields ignored", source)
-        return decoded.payload
+        return payload
 
     # -- errors ------------------------------------------------------------------------------------
 

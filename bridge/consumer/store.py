@@ -68,6 +68,11 @@ class ApplyResult:
     changes: tuple[Change, ...] = ()
 
 
+_OLDER = ApplyResult(Outcome.OLDER)
+_NO_OP = ApplyResult(Outcome.NO_OP)
+_APPLIED = ApplyResult(Outcome.APPLIED)
+
+
 @dataclass(frozen=True, slots=True)
 class _Listing:
     """A host's latest completed resync: at ``listed_at`` it owned exactly ``uuids``."""
@@ -118,7 +123,7 @@ class Store:
         held = self._domains.get(uuid)
         seen = held.version if held is not None else self._graveyard.get(uuid)
         if seen is not None and record.version <= seen:
-            return ApplyResult(Outcome.OLDER)
+            return _OLDER
         if record.kind is RecordKind.DELETED:
             changes = self._remove(uuid, record.version, ChangeCause.DELETED, source)
             return ApplyResult(Outcome.APPLIED, changes)
@@ -137,7 +142,7 @@ class Store:
         """Apply a tombstone (null value) for a domain key."""
         held = self._domains.get(uuid)
         if held is None:
-            return ApplyResult(Outcome.NO_OP)
+            return _NO_OP
         return ApplyResult(Outcome.APPLIED, self._remove(uuid, held.version, ChangeCause.TOMBSTONE, source))
 
     def apply_host(self, record: HostRecord, source: Offset | None = None) -> ApplyResult:
@@ -152,7 +157,7 @@ class Store:
         # Refreshes repeat the latest listing; an older one (agent state lost) cannot list away more
         # than the newer one already did, so only a newer listing triggers reconciliation.
         if listed_at is None or (current is not None and listed_at <= current.listed_at):
-            return ApplyResult(Outcome.APPLIED)
+            return _APPLIED
         listing = _Listing(listed_at, frozenset(e.uuid for e in record.domains))
         self._listings[record.host] = listing
         changes: list[Change] = []
@@ -167,18 +172,18 @@ class Store:
         its inventory, which only the hosts topic carries."""
         held = self._hosts.get(beat.host)
         if held is not None and beat.heartbeat_at <= held.heartbeat_at:
-            return ApplyResult(Outcome.OLDER)
+            return _OLDER
         base = held if held is not None else HostRecord(host=beat.host, agent=beat.agent, heartbeat_at=0)
         self._hosts[beat.host] = _with_liveness(base, beat)
-        return ApplyResult(Outcome.APPLIED)
+        return _APPLIED
 
     def apply_host_tombstone(self, host: str, source: Offset | None = None) -> ApplyResult:
         """Forget a decommissioned host. Its domains stay: a tombstone says nothing about them."""
         del source  # no view change to attribute
         if self._hosts.pop(host, None) is None:
-            return ApplyResult(Outcome.NO_OP)
+            return _NO_OP
         self._listings.pop(host, None)
-        return ApplyResult(Outcome.APPLIED)
+        return _APPLIED
 
     # -- reading -----------------------------------------------------------------------------------
 

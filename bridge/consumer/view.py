@@ -65,11 +65,11 @@ class View:
 
     # -- the reflector's side ----------------------------------------------------------------------
 
-    def apply(self, batch: PollBatch, deliver: Callable[[list[Change], list[Change] | None], None]) -> None:
-        """Apply one poll batch atomically, then ``deliver(changes, initial_adds)`` still inside it.
+    def apply(self, batch: PollBatch, deliver: Callable[[list[Change], bool], None]) -> None:
+        """Apply one poll batch atomically, then ``deliver(changes, just_synced)`` still inside it.
 
-        ``initial_adds`` is the whole view as ADDED changes when this poll batch made the view synced,
-        else None: readers that waited for the sync start from it.
+        ``just_synced`` is True when this poll batch made the view synced: readers that waited for the
+        sync start from :meth:`initial_adds` then.
         """
         changes: list[Change] = []
         hosts_changed = False
@@ -98,12 +98,11 @@ class View:
                 changes.extend(result.changes)
             self._position = batch.position
             self._history.extend(changes)
-            initial = None
-            if batch.synced and not self._synced:
+            just_synced = batch.synced and not self._synced
+            if just_synced:
                 self._synced = True
-                initial = self.initial_adds()
                 self._cond.notify_all()
-            deliver(changes, initial)
+            deliver(changes, just_synced)
             if hosts_changed and self._synced:
                 # Only after sync: before it, hosts whose records are still unread would be missing
                 # from the horizon.

@@ -68,37 +68,54 @@ class MessageDecoder:
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = None) -> Decoded:
         """The payload of one message; raises DecodeError naming why it is not one of ours."""
+        if topic == self._domains_topic and value is not None:
+            # The bulk of every topic read: skips building the two wrappers below.
+            _check_cloud_event_type(headers)
+            return Decoded(*self._codec.read_domain(value, key))
+        return Decoded(*self.read(topic, key, value, headers))
+
+    def read(self, topic: str, key: bytes | None, value: bytes | None,
+             headers: Headers = None) -> tuple[Payload, ReadAs]:
+        """:meth:`decode` as a pair (payload, how it was read), for readers that unwrap every message."""
         _check_cloud_event_type(headers)
         if topic == self._domains_topic:
             if value is None:
-                return Decoded(DomainTombstone(_tombstone_key(key, uuid=True)))
-            domain = self._codec.decode_domain(value, key)
-            return Decoded(domain.record, domain.read_as)
+                return DomainTombstone(_tombstone_key(key, uuid=True)), ReadAs.CURRENT
+            return self._codec.read_domain(value, key)
         if topic == self._hosts_topic:
             if value is None:
-                return Decoded(HostTombstone(_tombstone_key(key, uuid=False)))
+                return HostTombstone(_tombstone_key(key, uuid=False)), ReadAs.CURRENT
             host = self._codec.decode_host(value, key)
-            return Decoded(host.record, host.read_as)
+            return host.record, host.read_as
         if topic == self._heartbeats_topic and topic:
             if value is None:
-                return Decoded(Heartbeat(_tombstone_key(key, uuid=False), None))
+                return Heartbeat(_tombstone_key(key, uuid=False), None), ReadAs.CURRENT
             beat = self._codec.decode_heartbeat(value, key)
-            return Decoded(Heartbeat(beat.record.host, beat.record), beat.read_as)
+            return Heartbeat(beat.record.host, beat.record), beat.read_as
         raise DecodeError(f"topic {topic} is not one of {', '.join(self._topics())}")
 
     def _topics(self) -> list[str]:
         return [t for t in (self._domains_topic, self._hosts_topic, self._heartbeats_topic) if t]
 
 
+_OUR_TYPES = f"{TYPE_PREFIX}."
+_OUR_TYPES_BYTES = _OUR_TYPES.encode()
+
+
 def _check_cloud_event_type(headers: Headers) -> None:
     # Messages from 0.1.0 carry no headers; a CloudEvent of another producer's type is not ours.
     # Types are matched by prefix, so types a newer agent adds still reach the record checks.
-    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    # Run for every message read: the common case (bytes, ours) is tested before any decoding.
+    if not headers:
+        return
+    # confluent-kafka hands over a list; testing for it first spares the ABC's isinstance check.
+    pairs = headers if isinstance(headers, list) else headers.items() if isinstance(headers, Mapping) else headers
     for name, raw in pairs:
-        if name == "ce_type" and raw is not None:
-            ce_type = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-            if not ce_type.startswith(f"{TYPE_PREFIX}."):
-                raise DecodeError(f"a CloudEvent of foreign type {ce_type!r}")
+        if name != "ce_type" or raw is None or (raw.startswith(_OUR_TYPES_BYTES) if isinstance(raw, bytes)
+                                                 else raw.startswith(_OUR_TYPES)):
+            continue
+        ce_type = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        raise DecodeError(f"a CloudEvent of foreign type {ce_type!r}")
 
 
 def _tombstone_key(key: bytes | None, *, uuid: bool) -> str:

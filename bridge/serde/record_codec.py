@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainRecord, HostRecord
 from bridge.serde import confluent_wire, single_object
+from bridge.serde.domain_reader import DomainRecordReader
 from bridge.serde.read_as import ReadAs
 from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema
 
@@ -49,11 +50,18 @@ class _TopicCodec:
     def decode(self, data: bytes | None) -> tuple[dict[str, Any], ReadAs]:
         if not data:
             raise DecodeError("empty value")
-        if data[:1] == confluent_wire.MAGIC:
+        if self.is_confluent(data):
             if self._cf_read is None:
                 raise DecodeError("Confluent wire-format message, but no schema registry is configured")
             return self._cf_read(data), ReadAs.CURRENT
         return self._soe_read(data)
+
+    def is_confluent(self, data: bytes) -> bool:
+        return data[:1] == confluent_wire.MAGIC
+
+    def single_object_read_as(self, data: bytes) -> ReadAs:
+        """How a single-object message's body reads (DecodeError if it is not one)."""
+        return self._soe_read.read_as(data)
 
 
 class RecordCodec:
@@ -75,6 +83,7 @@ class RecordCodec:
         # A heartbeat is a HostRecord without its inventory, on its own topic (and registry subject).
         self._beat = _TopicCodec("host_record", host_schema(), registry, f"{heartbeats_topic}-value")
         self._agents: dict[tuple[Any, Any, Any], AgentInfo] = {}
+        self._domain_reader = DomainRecordReader()
 
     def _agent(self, d: Mapping[str, Any]) -> AgentInfo:
         """One AgentInfo per agent instance for every record it wrote (they are most of a record's
@@ -99,17 +108,32 @@ class RecordCodec:
 
     def decode_domain(self, data: bytes | None, key: bytes | None = None) -> Decoded[DomainRecord]:
         """Decode and validate a DomainRecord; raises DecodeError for anything else."""
-        value, read_as = self._domain.decode(data)
-        try:
-            record = DomainRecord.from_avro(value, self._agent(value["agent"]))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise DecodeError(f"not a valid DomainRecord: {exc}") from exc
+        return Decoded(*self.read_domain(data, key))
+
+    def read_domain(self, data: bytes | None, key: bytes | None = None) -> tuple[DomainRecord, ReadAs]:
+        """:meth:`decode_domain` as a pair, for readers that unwrap every message at once."""
+        if data and not self._domain.is_confluent(data):
+            # Single-object encoding, the default: read by the schema's own reader, fastavro's dicts skipped.
+            read_as = self._domain.single_object_read_as(data)
+            try:
+                record = self._domain_reader.read(data, single_object.HEADER_LEN)
+            except DecodeError as exc:
+                if read_as is ReadAs.NEWER_SCHEMA:
+                    raise DecodeError(f"unknown schema fingerprint "
+                                      f"{data[2:single_object.HEADER_LEN].hex()}, and {exc}") from None
+                raise
+        else:
+            value, read_as = self._domain.decode(data)
+            try:
+                record = DomainRecord.from_avro(value, self._agent(value["agent"]))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise DecodeError(f"not a valid DomainRecord: {exc}") from exc
         if not UUID_RE.match(record.uuid):
             raise DecodeError(f"DomainRecord uuid {record.uuid!r} is not a canonical lower-case UUID")
         _check_key(key, record.uuid, "DomainRecord uuid", read_as)
         if record.version <= 0:
             raise DecodeError(f"DomainRecord version {record.version} is not positive")
-        return Decoded(record, read_as)
+        return record, read_as
 
     def decode_host(self, data: bytes | None, key: bytes | None = None) -> Decoded[HostRecord]:
         """Decode and validate a HostRecord; raises DecodeError for anything else."""

@@ -63,10 +63,14 @@ class SingleObjectDeserializer:
             legacy_fingerprint(reader_schema): ReadAs.LEGACY_FINGERPRINT,
         }
 
-    def __call__(self, data: bytes) -> tuple[dict[str, Any], ReadAs]:
+    def read_as(self, data: bytes) -> ReadAs:
+        """How ``data``'s Avro body (from :data:`HEADER_LEN` on) reads, by its header's fingerprint."""
         if len(data) < HEADER_LEN or data[:2] != MAGIC:
             raise DecodeError("not an Avro single-object message (no C3 01 header)")
-        read_as = self._known.get(data[2:HEADER_LEN], ReadAs.NEWER_SCHEMA)
+        return self._known.get(data[2:HEADER_LEN], ReadAs.NEWER_SCHEMA)
+
+    def __call__(self, data: bytes) -> tuple[dict[str, Any], ReadAs]:
+        read_as = self.read_as(data)
         try:
             value = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self._reader, None)
         except Exception as exc:  # fastavro raises many types on garbage: all mean "undecodable"
