@@ -141,13 +141,31 @@ def _produce(env: BenchEnv, domains_topic: str, hosts_topic: str, count: int, ve
             "seconds": round(seconds, 2)}
 
 
-def _raw_consume(env: BenchEnv, topic: str, expected: int) -> dict[str, Any]:
-    """Every partition from the beginning to the high watermarks, each value decoded."""
+def _raw_consume(env: BenchEnv, topic: str, expected: int, *, generic: bool = False) -> dict[str, Any]:
+    """Every partition from the beginning to the high watermarks, each value decoded: by RecordCodec, or
+    with ``generic`` by fastavro's schemaless reader into a dict (what a reader without our code pays)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: PLC0415
 
     from bridge.serde import RecordCodec  # noqa: PLC0415
 
-    codec = RecordCodec()
+    if generic:
+        import io  # noqa: PLC0415
+
+        import fastavro  # noqa: PLC0415
+
+        from bridge.serde.schema_files import domain_schema  # noqa: PLC0415
+        from bridge.serde.single_object import HEADER_LEN  # noqa: PLC0415
+
+        schema = fastavro.parse_schema(domain_schema())
+
+        def decode(value: bytes | None, key: bytes | None) -> Any:
+            assert value is not None  # the bench writes no tombstones
+            return fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), schema, None)
+    else:
+        codec = RecordCodec()
+
+        def decode(value: bytes | None, key: bytes | None) -> Any:
+            return codec.decode_domain(value, key)
     consumer = Consumer({"bootstrap.servers": env.bootstrap, "group.id": "bench-" + uuid_mod.uuid4().hex,
                          "enable.auto.commit": False})
     progress(f"{NAME}: raw consume + decode of {expected:,} records")
@@ -166,7 +184,7 @@ def _raw_consume(env: BenchEnv, topic: str, expected: int) -> dict[str, Any]:
                 if msg.error():
                     continue
                 d0 = time.perf_counter()
-                codec.decode_domain(msg.value(), msg.key())
+                decode(msg.value(), msg.key())
                 decode_s += time.perf_counter() - d0
                 decoded += 1
                 part, offset = msg.partition(), msg.offset()
@@ -177,7 +195,9 @@ def _raw_consume(env: BenchEnv, topic: str, expected: int) -> dict[str, Any]:
         consumer.close()
     if decoded != expected:
         raise RuntimeError(f"raw consume decoded {decoded} records, expected {expected}")
-    progress(f"{NAME}: raw: {decoded:,} records in {seconds:.1f}s ({decoded / seconds:,.0f}/s; decode {decode_s:.1f}s)")
+    how = "fastavro" if generic else "RecordCodec"
+    progress(f"{NAME}: raw ({how}): {decoded:,} records in {seconds:.1f}s ({decoded / seconds:,.0f}/s; "
+             f"decode {decode_s:.1f}s)")
     return {"records": decoded, "seconds": round(seconds, 3), "records_per_s": decoded / seconds,
             "decode_seconds": round(decode_s, 3)}
 
@@ -214,10 +234,14 @@ def run(env: BenchEnv, domains: int = DOMAINS, versions: int = VERSIONS) -> Benc
     domains_topic, hosts_topic = unique_topics(NAME)
     produced = _produce(env, domains_topic, hosts_topic, domains, versions)
     raw = _raw_consume(env, domains_topic, total)
+    generic = _raw_consume(env, domains_topic, total, generic=True)
     informer = _informer(env, domains_topic, hosts_topic, total, domains)
     result.add("rebuild_raw_records_per_s", "rebuild: raw consume + decode", raw["records_per_s"], "records/s",
                f"a bare consumer reads {total:,} DomainRecords (~{produced['avg_value_bytes']} B each, zstd) from the "
                "beginning of 3 partitions and decodes each with RecordCodec: the floor for a Python reader")
+    result.add("rebuild_raw_fastavro_records_per_s", "rebuild: raw consume + fastavro", generic["records_per_s"],
+               "records/s", "the same, each value decoded by fastavro's generic reader into a dict (no record "
+               "built, no checks): what a Python reader without the bridge's decoder pays")
     if informer is None:
         result.notes.append("bridge.consumer.Informer is not importable: the view benchmark was skipped")
     else:
@@ -227,7 +251,10 @@ def run(env: BenchEnv, domains: int = DOMAINS, versions: int = VERSIONS) -> Benc
         result.add("rebuild_informer_vs_raw", "rebuild: Informer / raw",
                    informer["records_per_s"] / raw["records_per_s"], "ratio",
                    "Informer sync records/s divided by raw consume + decode records/s (1.0 = no overhead)")
-    result.details = {"produce": produced, "raw": raw, "informer": informer}
+        result.add("rebuild_informer_vs_raw_fastavro", "rebuild: Informer / raw fastavro",
+                   informer["records_per_s"] / generic["records_per_s"], "ratio",
+                   "Informer sync records/s divided by raw consume + fastavro decode records/s")
+    result.details = {"produce": produced, "raw": raw, "raw_fastavro": generic, "informer": informer}
     return result
 
 

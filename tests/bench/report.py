@@ -66,6 +66,13 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
         out.append(Target("10,000 domains: launch -> inventory acknowledged <= 5 s", scale.get("inventory_s", nan),
                           5.0, "s", False))
         out.append(Target("10,000 domains: agent RSS <= 120 MiB", scale.get("rss_mib", nan), 120.0, "MiB", False))
+    rebuild = m.get("rebuild", {})
+    if rebuild:
+        for key, floor in (("rebuild_raw_records_per_s", "RecordCodec"), ("rebuild_raw_fastavro_records_per_s",
+                                                                          "fastavro")):
+            out.append(Target(f"rebuild: Informer records/s >= 90% of raw consume + {floor} decode",
+                              rebuild.get("rebuild_informer_records_per_s", nan), 0.9 * rebuild.get(key, nan),
+                              "records/s", True))
     fleet = m.get("fleet_log", {})
     if fleet:
         out.append(Target("1,000-host fleet: Informer records/s >= 50,000", fleet.get("first_sync_records_per_s", nan),
