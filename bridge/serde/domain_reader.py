@@ -8,12 +8,13 @@ ignores any bytes after them, which is also how a record of a newer schema reads
 only appends fields to the top-level record. fastavro stays the reader of every other form (the
 Confluent wire format, host records) and is the oracle the tests hold this one to: whatever this
 accepts, fastavro reads the same; what fastavro rejects, this rejects (it is stricter on garbage that
-fastavro lets through, e.g. a negative union index or a boolean byte of 7).
+fastavro lets through, e.g. a union index of -1 or a boolean byte of 7).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Hashable
 
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
@@ -79,14 +80,27 @@ def _str(buf: bytes, pos: int) -> tuple[str, int]:
     return buf[pos:end].decode(), end
 
 
+def _index(buf: bytes, pos: int, count: int, what: str) -> tuple[int, int]:
+    """A union branch or enum symbol index below ``count``."""
+    b = buf[pos]
+    if b < 0x80:  # the usual one-byte varint; a longer (non-minimal) one is valid Avro too
+        index, pos = (b >> 1) ^ -(b & 1), pos + 1
+    else:
+        index, pos = _long(buf, pos)
+    if not 0 <= index < count:
+        raise _Malformed(f"{what} index out of range")
+    return index, pos
+
+
 def _opt_str(buf: bytes, pos: int) -> tuple[str | None, int]:
-    """``["null", "string"]``: branch 0 (byte 0) or 1 (byte 2)."""
+    """``["null", "string"]``."""
     b = buf[pos]
     if b == 0:
         return None, pos + 1
     if b == 2:
         return _str(buf, pos + 1)
-    raise _Malformed("a union index out of range")
+    branch, pos = _index(buf, pos, 2, "a union")
+    return (None, pos) if branch == 0 else _str(buf, pos)
 
 
 def _block_count(buf: bytes, pos: int) -> tuple[int, int]:
@@ -127,12 +141,29 @@ def _bool(buf: bytes, pos: int) -> bool:
     return b == 1
 
 
-class DomainRecordReader:
-    """Reads DomainRecords from Avro binary; one per codec (it keeps one AgentInfo per agent instance)."""
+class AgentTable:
+    """One AgentInfo per agent instance, shared by every record it wrote (they are most of a record's
+    objects); dropped whole when it outgrows any fleet's live agents (restarts add instances)."""
 
-    def __init__(self) -> None:
-        # The agent sub-record's bytes -> its AgentInfo: every record an agent writes shares one.
-        self._agents: dict[bytes, AgentInfo] = {}
+    def __init__(self, limit: int = _MAX_AGENTS) -> None:
+        self._limit = limit
+        self._agents: dict[Hashable, AgentInfo] = {}
+
+    def get(self, key: Hashable) -> AgentInfo | None:
+        return self._agents.get(key)
+
+    def add(self, key: Hashable, agent: AgentInfo) -> AgentInfo:
+        if len(self._agents) >= self._limit:
+            self._agents.clear()
+        self._agents[key] = agent
+        return agent
+
+
+class DomainRecordReader:
+    """Reads DomainRecords from Avro binary, each record's agent taken from ``agents`` by its bytes."""
+
+    def __init__(self, agents: AgentTable | None = None) -> None:
+        self._agents = agents if agents is not None else AgentTable()
 
     def read(self, buf: bytes, pos: int = 0) -> DomainRecord:
         """The record whose Avro binary starts at ``pos``; raises DecodeError if the bytes are not one."""
@@ -147,10 +178,7 @@ class DomainRecordReader:
         name, pos = _str(buf, pos)
         host, pos = _str(buf, pos)
         version, pos = _long(buf, pos)
-        kind = buf[pos]
-        if kind & 1 or kind >> 1 >= len(_KINDS):
-            raise _Malformed("an enum index out of range")
-        pos += 1
+        kind, pos = _index(buf, pos, len(_KINDS), "an enum")
         if buf[pos] == 0:  # no events: the common RESYNC record
             events: tuple[DomainEvent, ...] = ()
             pos += 1
@@ -170,17 +198,15 @@ class DomainRecordReader:
         resync_id, pos = _opt_str(buf, pos)
         # The few distinct hosts, states, reasons and resync ids are interned: a view of 100,000
         # domains would otherwise hold 100,000 copies of "RUNNING".
-        return DomainRecord(uuid, name, _intern(host), version, _KINDS[kind >> 1], agent, observed_at, events,
+        return DomainRecord(uuid, name, _intern(host), version, _KINDS[kind], agent, observed_at, events,
                             elided, state and _intern(state), reason and _intern(reason), active, persistent, xml,
                             resync_id and _intern(resync_id))
 
     def _agent(self, raw: bytes) -> AgentInfo:
         agent = self._agents.get(raw)
         if agent is None:
-            if len(self._agents) >= _MAX_AGENTS:
-                self._agents.clear()  # restarts add instances; no fleet has this many live agents
             instance_id, pos = _str(raw, 0)
             software, pos = _str(raw, pos)
             libvirt, _ = _str(raw, pos)
-            agent = self._agents[raw] = AgentInfo(instance_id, software, libvirt)
+            agent = self._agents.add(raw, AgentInfo(instance_id, software, libvirt))
         return agent

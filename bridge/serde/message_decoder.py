@@ -68,10 +68,6 @@ class MessageDecoder:
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers = None) -> Decoded:
         """The payload of one message; raises DecodeError naming why it is not one of ours."""
-        if topic == self._domains_topic and value is not None:
-            # The bulk of every topic read: skips building the two wrappers below.
-            _check_cloud_event_type(headers)
-            return Decoded(*self._codec.read_domain(value, key))
         return Decoded(*self.read(topic, key, value, headers))
 
     def read(self, topic: str, key: bytes | None, value: bytes | None,
@@ -111,11 +107,12 @@ def _check_cloud_event_type(headers: Headers) -> None:
     # confluent-kafka hands over a list; testing for it first spares the ABC's isinstance check.
     pairs = headers if isinstance(headers, list) else headers.items() if isinstance(headers, Mapping) else headers
     for name, raw in pairs:
-        if name != "ce_type" or raw is None or (raw.startswith(_OUR_TYPES_BYTES) if isinstance(raw, bytes)
-                                                 else raw.startswith(_OUR_TYPES)):
+        if name != "ce_type" or raw is None:
             continue
-        ce_type = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        raise DecodeError(f"a CloudEvent of foreign type {ce_type!r}")
+        ours = raw.startswith(_OUR_TYPES_BYTES) if isinstance(raw, bytes) else raw.startswith(_OUR_TYPES)
+        if not ours:
+            ce_type = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+            raise DecodeError(f"a CloudEvent of foreign type {ce_type!r}")
 
 
 def _tombstone_key(key: bytes | None, *, uuid: bool) -> str:

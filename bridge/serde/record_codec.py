@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainRecord, HostRecord
 from bridge.serde import confluent_wire, single_object
-from bridge.serde.domain_reader import DomainRecordReader
+from bridge.serde.domain_reader import AgentTable, DomainRecordReader
 from bridge.serde.read_as import ReadAs
 from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema
 
@@ -18,8 +18,6 @@ T = TypeVar("T")
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 """A domain UUID as keys and records carry it: canonical, lower-case."""
-
-_MAX_AGENTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,9 @@ class _TopicCodec:
     def is_confluent(self, data: bytes) -> bool:
         return data[:1] == confluent_wire.MAGIC
 
-    def single_object_read_as(self, data: bytes) -> ReadAs:
-        """How a single-object message's body reads (DecodeError if it is not one)."""
-        return self._soe_read.read_as(data)
+    def read_single_object(self, data: bytes, body: Callable[[bytes, int], T]) -> tuple[T, ReadAs]:
+        """A single-object message whose body ``body`` reads (instead of fastavro's dicts)."""
+        return self._soe_read.read(data, body)
 
 
 class RecordCodec:
@@ -82,19 +80,12 @@ class RecordCodec:
         self._host = _TopicCodec("host_record", host_schema(), registry, f"{hosts_topic}-value")
         # A heartbeat is a HostRecord without its inventory, on its own topic (and registry subject).
         self._beat = _TopicCodec("host_record", host_schema(), registry, f"{heartbeats_topic}-value")
-        self._agents: dict[tuple[Any, Any, Any], AgentInfo] = {}
-        self._domain_reader = DomainRecordReader()
+        self._agents = AgentTable()
+        self._domain_reader = DomainRecordReader(self._agents)
 
     def _agent(self, d: Mapping[str, Any]) -> AgentInfo:
-        """One AgentInfo per agent instance for every record it wrote (they are most of a record's
-        objects); the table is dropped when it outgrows any fleet's live agents (restarts add more)."""
         key = (d["instance_id"], d["software_version"], d["libvirt_version"])
-        agent = self._agents.get(key)
-        if agent is None:
-            if len(self._agents) >= _MAX_AGENTS:
-                self._agents.clear()
-            agent = self._agents[key] = AgentInfo.from_avro(d)
-        return agent
+        return self._agents.get(key) or self._agents.add(key, AgentInfo.from_avro(d))
 
     def encode_domain(self, record: DomainRecord) -> bytes:
         return self._domain.encode(record.to_avro())
@@ -114,14 +105,7 @@ class RecordCodec:
         """:meth:`decode_domain` as a pair, for readers that unwrap every message at once."""
         if data and not self._domain.is_confluent(data):
             # Single-object encoding, the default: read by the schema's own reader, fastavro's dicts skipped.
-            read_as = self._domain.single_object_read_as(data)
-            try:
-                record = self._domain_reader.read(data, single_object.HEADER_LEN)
-            except DecodeError as exc:
-                if read_as is ReadAs.NEWER_SCHEMA:
-                    raise DecodeError(f"unknown schema fingerprint "
-                                      f"{data[2:single_object.HEADER_LEN].hex()}, and {exc}") from None
-                raise
+            record, read_as = self._domain.read_single_object(data, self._domain_reader.read)
         else:
             value, read_as = self._domain.decode(data)
             try:

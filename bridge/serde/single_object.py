@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from bridge.errors import DecodeError
 from bridge.serde.read_as import ReadAs
+
+T = TypeVar("T")
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8
@@ -70,14 +72,23 @@ class SingleObjectDeserializer:
         return self._known.get(data[2:HEADER_LEN], ReadAs.NEWER_SCHEMA)
 
     def __call__(self, data: bytes) -> tuple[dict[str, Any], ReadAs]:
+        return self.read(data, self._fastavro_body)
+
+    def read(self, data: bytes, body: Callable[[bytes, int], T]) -> tuple[T, ReadAs]:
+        """``body(data, HEADER_LEN)`` (a reader of the Avro body that raises DecodeError) and how it read."""
         read_as = self.read_as(data)
         try:
-            value = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self._reader, None)
+            return body(data, HEADER_LEN), read_as
+        except DecodeError as exc:
+            if read_as is not ReadAs.NEWER_SCHEMA:
+                raise
+            raise DecodeError(f"unknown schema fingerprint {data[2:HEADER_LEN].hex()}, and {exc}") from exc
+
+    def _fastavro_body(self, data: bytes, pos: int) -> dict[str, Any]:
+        try:
+            value = fastavro.schemaless_reader(io.BytesIO(data[pos:]), self._reader, None)
         except Exception as exc:  # fastavro raises many types on garbage: all mean "undecodable"
-            detail = f"Avro decode failed: {type(exc).__name__}: {exc}"
-            if read_as is ReadAs.NEWER_SCHEMA:
-                detail = f"unknown schema fingerprint {data[2:HEADER_LEN].hex()}, and {detail}"
-            raise DecodeError(detail) from exc
+            raise DecodeError(f"Avro decode failed: {type(exc).__name__}: {exc}") from exc
         if not isinstance(value, dict):
             raise DecodeError("Avro payload is not a record")
-        return value, read_as
+        return value

@@ -127,3 +127,15 @@ def test_records_of_one_agent_share_one_agent_info():
     agent = AgentInfo("instance", "1.0", "9.0.0")
     one, two = (reader.read(body(DomainRecord(f"u{i}", "n", "h", i, RecordKind.RESYNC, agent, i))) for i in (1, 2))
     assert one.agent == agent and one.agent is two.agent
+
+
+def test_union_and_enum_indexes_in_longer_than_needed_varints_read_as_fastavro_reads_them():
+    # Avro does not require the shortest varint; 0x82 0x00 is index 1 as much as 0x02 is.
+    record = DomainRecord("u", "n", "h", 1, RecordKind.RESYNC, AgentInfo("a", "b", "c"), 2, state="RUNNING")
+    data = body(record)
+    kind_at = len(b"\x02u\x02n\x02h\x02")  # three one-letter strings and version 1
+    assert data[kind_at] == 0x02  # RESYNC
+    state_at = data.index(b"\x02\x0eRUNNING")
+    stretched = data[:kind_at] + b"\x82\x00" + data[kind_at + 1:state_at] + b"\x82\x00" + data[state_at + 1:]
+    assert fastavro_read(stretched) == record
+    assert DomainRecordReader().read(stretched) == record
