@@ -13,6 +13,7 @@ import uuid as uuid_mod
 import libvirt
 
 from bridge.records import RecordKind
+from devenv import wait_until
 from tests.support.checks import (
     assert_java_partitioning,
     assert_latest_matches_libvirt,
@@ -159,6 +160,14 @@ def test_the_persistent_flag_follows_undefine_and_define_of_a_running_domain(kaf
     dom = test_conn.defineXML(xml_for_test_driver(unique_name("persist")))
     uuid = dom.UUIDString()
     expected: list[tuple[str, bool]] = []  # (the step's last event type, isPersistent after it)
+
+    def published_types() -> list[str | None]:
+        return [e.type for r in by_uuid(decode_log(read_all(kafka.bootstrap_servers, topics[0]))).get(uuid, [])
+                for e in r.events]
+
+    # The define's own record first: a start right after it could share that record, and the check
+    # below drops the define's record.
+    wait_until(lambda: "DEFINED" in published_types(), timeout=60, what="the define's record")
 
     def step(action: str, event_type: str) -> None:
         getattr(dom, action)() if action != "define" else test_conn.defineXML(dom.XMLDesc(0))
