@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -295,7 +296,8 @@ class BenchEnv:
 def start_agent(env: BenchEnv, name: str, domains_topic: str, hosts_topic: str, *, timeout: float = 60.0) -> Any:
     """The real agent (``python -m bridge run``) as a subprocess, started and through its first resync.
 
-    Logs at INFO (the tests' helper logs DEBUG, which would cost the agent time per event). Returns a
+    Logs at INFO (the tests' helper logs DEBUG, which would cost the agent time per event), with the
+    extra arguments in ``LKB_BENCH_AGENT_ARGS``, if any. Returns a
     started :class:`tests.support.agent_proc.AgentProcess`; the caller must ``terminate()`` / ``kill()``.
     """
     from tests.support.agent_proc import AgentProcess  # noqa: PLC0415
@@ -304,6 +306,8 @@ def start_agent(env: BenchEnv, name: str, domains_topic: str, hosts_topic: str, 
     agent = AgentProcess(workdir, env.test_uri, env.bootstrap, domains_topic, hosts_topic, host_id="bench",
                          state_dir=workdir / "state")
     agent.args[agent.args.index("--log-level") + 1] = "INFO"
+    # To try a setting side by side: LKB_BENCH_AGENT_ARGS="--kafka-config linger.ms=20" make bench
+    agent.args += shlex.split(os.environ.get("LKB_BENCH_AGENT_ARGS", ""))
     progress(f"{name}: starting the agent (python -m bridge run --libvirt-uri {env.test_uri} --partitions 3 ...)")
     t = time.monotonic()
     try:
@@ -338,17 +342,42 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds per thread name of ``pid`` (threads of the same name are summed)."""
-    out: dict[str, float] = {}
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """(kernel thread name, CPU seconds) per OS thread id of ``pid``."""
+    out: dict[int, tuple[str, float]] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError, IndexError, ValueError):
             head, rest = (task / "stat").read_text().rsplit(")", 1)
-            name = head.split("(", 1)[1]
             fields = rest.split()
-            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            out[int(task.name)] = head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """OS thread id -> Python thread name of ``pid``, from ``py-spy dump`` (CPython does not name its
+    OS threads, so the kernel calls them all ``python``); empty without py-spy."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        return {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+        out = subprocess.run([exe, "dump", "--pid", str(pid), "--json", "--nonblocking"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        return {int(t["os_thread_id"]): str(t["thread_name"]) for t in json.loads(out)
+                if t.get("os_thread_id") is not None and t.get("thread_name")}
+    return {}
+
+
+def thread_cpu_delta(pid: int, before: dict[int, tuple[str, float]], *, least: float = 0.05) -> dict[str, float]:
+    """CPU seconds per thread since ``before`` (a :func:`thread_cpu_seconds`), by Python thread name
+    where py-spy can tell it (a pool's numbered threads summed: ``snapshot-reader``), else the kernel's
+    (librdkafka names its threads, ``rdk:broker1``); only threads that used at least ``least`` s."""
+    names = python_thread_names(pid)
+    out: dict[str, float] = {}
+    for tid, (comm, seconds) in thread_cpu_seconds(pid).items():
+        name = re.sub(r"_\d+$", "", names.get(tid, comm))
+        out[name] = out.get(name, 0.0) + seconds - before.get(tid, (comm, 0.0))[1]
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= least}
 
 
 # -- watching the topic ----------------------------------------------------------------------------
@@ -836,7 +865,9 @@ class PeerPipe:
 
 @contextlib.contextmanager
 def profiled(pid: int, name: str) -> Any:
-    """``py-spy record --threads --idle`` of ``pid`` while the block runs, when ``LKB_BENCH_PROFILE`` is set.
+    """``py-spy record --threads --idle`` of ``pid`` while the block runs, when ``LKB_BENCH_PROFILE`` is set
+    (to ``native``: with C frames; to ``gil``: only the thread holding the GIL; to ``cpu``: only the
+    threads running, not those waiting).
 
     Writes ``bench-results/profiles/<name>.speedscope.json`` (open at speedscope.app) and
     ``<name>.txt``, the top functions by samples per thread (py-spy's raw format, collapsed here).
@@ -849,8 +880,13 @@ def profiled(pid: int, name: str) -> Any:
     out = RESULTS_DIR / "profiles"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.speedscope.json"
-    procs = [subprocess.Popen([exe, "record", "--pid", str(pid), "--threads", "--idle", "--rate", "200",
-                               "--format", "speedscope", "--output", str(path), "--nonblocking"],
+    # "native": C frames too (where a libvirt call waits: the socket or the GIL), at the cost of pausing
+    # the process for each sample, so its timings are not the bench's; "gil": only the thread holding
+    # the GIL, so the samples say who keeps the others waiting for it; "cpu": only threads running.
+    mode = {"native": ["--idle", "--native"], "gil": ["--gil", "--nonblocking"],
+            "cpu": ["--nonblocking"]}.get(os.environ["LKB_BENCH_PROFILE"], ["--idle", "--nonblocking"])
+    procs = [subprocess.Popen([exe, "record", "--pid", str(pid), "--threads", "--rate", "200",
+                               "--format", "speedscope", "--output", str(path), *mode],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     progress(f"py-spy recording pid {pid} -> {out / name}.*")
     try:

@@ -43,6 +43,7 @@ from tests.bench import (
     progress,
     start_agent,
     start_generator,
+    thread_cpu_delta,
     thread_cpu_seconds,
     unique_topics,
 )
@@ -94,7 +95,6 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
     elapsed = time.monotonic() - t0
     cpu = proc_cpu_seconds(pid) - cpu0
     daemon_cpu = proc_cpu_seconds(daemon) - daemon_cpu0
-    threads1 = thread_cpu_seconds(pid)
     seen = tail.seen()[seen_before:]
     records = [s for s in seen if s.record is not None]
     events = [e for s in records for e in s.record.events]
@@ -115,13 +115,13 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
         "agent_cpu_s": round(cpu, 2), "agent_cpu_pct": 100 * cpu / elapsed,
         "libvirtd_cpu_pct": round(100 * daemon_cpu / elapsed, 1),
         "generator_cpu_pct": round(100 * summary["cpu_s"] / summary["seconds"], 1),
-        "agent_thread_cpu_s": {k: round(v - threads0.get(k, 0.0), 2) for k, v in threads1.items()
-                               if v - threads0.get(k, 0.0) >= 0.05},
+        "agent_thread_cpu_s": thread_cpu_delta(pid, threads0),
     }
     progress(f"{NAME}: {name}: {len(events)} events in {len(records)} records over {window:.2f}s "
              f"({out['events_per_s']:,.0f} events/s; generator {out['generator_calls_per_s']:,.0f} calls/s; "
              f"CPU: agent {out['agent_cpu_pct']:.0f}%, libvirtd {out['libvirtd_cpu_pct']:.0f}%, generator "
-             f"{out['generator_cpu_pct']:.0f}%); kinds {out['record_kinds']}")
+             f"{out['generator_cpu_pct']:.0f}%); kinds {out['record_kinds']}; agent threads' CPU s "
+             f"{out['agent_thread_cpu_s']}")
     return out
 
 
