@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 _CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client request"}
 
 
+CONN_ERRORS = frozenset({
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+})
+"""Error codes meaning "the connection is broken": the work waits for the reconnect."""
+
+
 class ConnectionLost(Exception):
     """libvirt is not connected right now; the caller should retry after the reconnect."""
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import libvirt
 
-from bridge.agent.snapshot import GONE_ERRORS, migration_job, paused_for_migration
+from bridge.agent.migration_job import migration_job, paused_for_migration
+from bridge.agent.snapshot import GONE_ERRORS
 from bridge.core.ownership import ListedJob
 
 

@@ -7,7 +7,9 @@ pipeline's :class:`~bridge.agent.pipeline.PipelineObserver`):
 
 - ``event_ack_latency_seconds``: from the agent receiving an event (``DomainEvent.received_at``) to
   Kafka acknowledging the record that lists it, once per event;
-- ``snapshot_read_latency_seconds``: one domain's snapshot read from libvirt (one to four round-trips).
+- ``snapshot_read_latency_seconds``: one domain's snapshot read from libvirt, from the start of its
+  reader's group to the group's end (a group of N domains is N + 1 round-trips, see
+  :mod:`bridge.agent.snapshot`).
 
 Nothing here is global: the default ``prometheus_client.REGISTRY`` is never touched, so several
 agents (or tests) in one process each have their own numbers.
@@ -50,7 +52,7 @@ class AgentMetrics:
         )
         self._snapshot_read = Histogram(
             PREFIX + "snapshot_read_latency_seconds",
-            "Seconds to read one domain's snapshot (XML, state, flags) from libvirt.",
+            "Seconds to read one domain's snapshot (XML, state, flags) from libvirt, with the others read with it.",
             buckets=SNAPSHOT_READ_BUCKETS, registry=self.registry,
         )
         self.registry.register(AgentCollector(status, info))

@@ -11,7 +11,7 @@ from bridge.records import DomainRecord
 
 if TYPE_CHECKING:
     from bridge.agent.listing import ListedDomain
-    from bridge.agent.snapshot import DomainSnapshot
+    from bridge.agent.snapshot import DomainSnapshot, SnapshotRequest
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,11 @@ class SnapshotSource(Protocol):
     """Where snapshots come from (:class:`bridge.agent.snapshot.SnapshotReader`); called from the
     ``snapshot-reader`` threads, but :meth:`forget`."""
 
-    def read(self, uuid: str, *, for_listing: bool = False, recheck_persistent: bool = True) -> DomainSnapshot | None:
-        """The domain now, or None if libvirt says it does not exist; raises ConnectionLost or
-        ``libvirt.libvirtError`` (both retried). ``for_listing``: a listing's RESYNC record's read,
-        whose ``PAUSED/MIGRATION`` snapshot carries the migration job too. ``recheck_persistent``
-        False: the events since the last read cannot have changed the persistent flag."""
+    def read_many(self, requests: Sequence[SnapshotRequest]) -> Sequence[DomainSnapshot | Exception | None]:
+        """The domains now, in the order asked: each a snapshot, None if libvirt says it does not
+        exist, or the libvirt error to retry; raises ConnectionLost (retried too). A ``for_listing``
+        request is a listing's RESYNC record's read, whose ``PAUSED/MIGRATION`` snapshot carries the
+        migration job too."""
 
     def forget(self, uuid: str) -> None:
         """The domain is gone (a DELETED record is being published)."""

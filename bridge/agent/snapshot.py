@@ -4,31 +4,38 @@ The read happens after the events it reports were received (the seed's point 3).
 with flags 0, never ``VIR_DOMAIN_XML_SECURE``, so graphics passwords are left out; on the default
 read-only connection libvirt would refuse the secure flag anyway.
 
-Round-trips are the cost of a snapshot (each one is a request to libvirtd and its reply), so the
-reader keeps them few: the ``active`` flag and the name come from the XML read itself (the live XML's
-root carries ``id='N'`` exactly when the domain is active, which is what ``virDomainIsActive``
-tests), and a domain handle looked up once is kept for the next reads of the same UUID on the same
-connection (a handle names the domain by UUID; every call on it is answered from the domain as it
-is then), or handed over by the event callback (:meth:`SnapshotReader.offer`), which has one
-already. The persistent flag is kept too and asked again only after an event that can change it
-(:func:`may_change_persistence`). A snapshot is two round-trips (XML, state), three when the flag is
-asked (a define, an undefine, a start or stop), one more for a lookup; a listing's RESYNC record one,
-the XML, the rest coming from the listing (:mod:`bridge.agent.listing`).
+Round-trips are the cost of a snapshot (each one is a request to libvirtd and its reply, and a wait
+for the GIL when it is back), so the reader keeps them few:
+
+- the ``active`` flag and the name come from the XML read itself (the live XML's root carries
+  ``id='N'`` exactly when the domain is active, which is what ``virDomainIsActive`` tests);
+- a domain handle looked up once is kept for the next reads of the same UUID on the same connection
+  (a handle names the domain by UUID; every call on it is answered from the domain as it is then), or
+  handed over by the event callback (:meth:`SnapshotReader.offer`), which has one already;
+- the readers take several domains at a time (:meth:`SnapshotReader.read_many`): each one's XML, then
+  the state, reason and persistent flag of them all in one ``virDomainListGetStats`` filtered by
+  persistence (:func:`bulk_states`; a second request only when some are transient).
+
+N domains are N + 1 round-trips (one more for a domain not looked up before); a listing's RESYNC
+record is one, the XML, the rest coming from the listing (:mod:`bridge.agent.listing`). A driver
+without ``virDomainListGetStats`` is asked each domain's state and flag instead.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeAlias
 
 import libvirt
 
 from bridge.agent.libvirt_names import reason_name, state_name
-from bridge.agent.libvirt_session import ConnectionLost
+from bridge.agent.libvirt_session import CONN_ERRORS, ConnectionLost
+from bridge.agent.migration_job import migration_job, paused_for_migration
 from bridge.core.ownership import ListedJob
 from bridge.core.version_clock import Clock
 from bridge.records import DomainEvent
@@ -36,15 +43,10 @@ from bridge.records import DomainEvent
 if TYPE_CHECKING:
     from bridge.agent.listing import ListedDomain
 
+log = logging.getLogger(__name__)
+
 # Errors meaning "this domain does not exist (any more)".
 GONE_ERRORS = {libvirt.VIR_ERR_NO_DOMAIN}
-# Errors meaning "the connection is broken": the pipeline waits for the reconnect.
-_CONN_ERRORS = {
-    libvirt.VIR_ERR_SYSTEM_ERROR,
-    libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_INVALID_CONN,
-}
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,6 @@ def xml_active_and_name(xml: str) -> tuple[bool, str | None]:
     return (ident is not None and int(ident.group(1)) != -1), (html.unescape(name.group(1)) if name else None)
 
 
-_KEEPS_PERSISTENCE = frozenset({"SUSPENDED", "RESUMED", "PMSUSPENDED", "SHUTDOWN", "CRASHED"})
-"""Lifecycle types that never make a domain persistent or transient. DEFINED and UNDEFINED do (also a
-migration's ``--persistent``/``--undefinesource``, which libvirt reports as those), and STARTED and
-STOPPED may begin or end a transient domain under a UUID whose flag was kept."""
-
-
-def may_change_persistence(events: Iterable[DomainEvent], elided: int = 0) -> bool:
-    """True unless every one of ``events`` leaves the persistent flag as it was (none elided)."""
-    return elided > 0 or any(e.id == "LIFECYCLE" and e.type not in _KEEPS_PERSISTENCE for e in events)
-
-
 class Session(Protocol):
     """What the reader uses of the libvirt edge (:class:`bridge.agent.libvirt_session.LibvirtSession`)."""
 
@@ -96,6 +87,17 @@ class Session(Protocol):
 
     def mark_lost(self) -> None:
         """Report a connection found dead by a failing call."""
+
+
+class SnapshotRequest(NamedTuple):
+    """One domain to read. ``for_listing``: the read of a listing's RESYNC record (no events)."""
+
+    uuid: str
+    for_listing: bool = False
+
+
+SnapshotResult: TypeAlias = DomainSnapshot | libvirt.libvirtError | None
+"""A read's outcome: the snapshot, None when the domain does not exist, or the libvirt error to retry."""
 
 
 class SnapshotReader:
@@ -111,14 +113,13 @@ class SnapshotReader:
         self._lock = threading.Lock()  # guards the three fields below (the reader threads share them)
         self._handles_conn: libvirt.virConnect | None = None
         self._handles: dict[str, libvirt.virDomain] = {}
-        self._persistent: dict[str, bool] = {}  # as last read, same lifetime as the handles
         self._listed: dict[str, ListedDomain] = {}  # the latest listing's, each used by one read at most
+        self._bulk_states = True  # False once the driver refused virDomainListGetStats
 
     def forget(self, uuid: str) -> None:
         """Drop the handle of a domain that is gone."""
         with self._lock:
             self._handles.pop(uuid, None)
-            self._persistent.pop(uuid, None)
             self._listed.pop(uuid, None)
 
     def offer(self, conn: libvirt.virConnect, uuid: str, dom: libvirt.virDomain) -> None:
@@ -133,18 +134,89 @@ class SnapshotReader:
         that is its RESYNC record's (``for_listing``): the XML is then the only call."""
         with self._lock:
             if self._handles_conn is not conn:
-                self._handles_conn, self._handles, self._persistent = conn, {}, {}
+                self._handles_conn, self._handles = conn, {}
             self._listed = {}
             for entry in listed:
                 self._handles[entry.uuid] = entry.dom
                 self._listed[entry.uuid] = entry
-                if entry.persistent is not None:
-                    self._persistent[entry.uuid] = entry.persistent
+
+    def read(self, uuid: str, *, for_listing: bool = False) -> DomainSnapshot | None:
+        """One domain's snapshot, or None when libvirt says it does not exist; raises what
+        :meth:`read_many` returns or raises."""
+        result = self.read_many([SnapshotRequest(uuid, for_listing)])[0]
+        if isinstance(result, libvirt.libvirtError):
+            raise result
+        return result
+
+    def read_many(self, requests: Sequence[SnapshotRequest]) -> list[SnapshotResult]:
+        """The domains' snapshots, in the order asked: each XML first, then the state, reason and
+        persistent flag of them all in one ``virDomainListGetStats`` (two when some are transient).
+
+        A ``for_listing`` read takes the listing's state, reason, active and persistent flags, with
+        the XML read now: a RESYNC record shows the domain as listed, and any change since is an
+        event, which the next record reports with a full read. A ``PAUSED/MIGRATION`` domain is read
+        in full, with its migration job, to check the listing's ownership decision (see
+        :func:`migration_job`, which can take seconds). Raises ConnectionLost when the connection
+        broke, so the work can be retried; any other libvirt error is that read's result.
+        """
+        conn = self._session.connection()
+        try:
+            return self._read_many(conn, requests)
+        except libvirt.libvirtError as exc:  # raised only for a broken connection, see _failed
+            self._session.mark_lost()
+            raise ConnectionLost(str(exc)) from exc
+
+    def _read_many(self, conn: libvirt.virConnect, requests: Sequence[SnapshotRequest]) -> list[SnapshotResult]:
+        results: list[SnapshotResult] = [None] * len(requests)
+        read: dict[int, tuple[libvirt.virDomain, str, ListedDomain | None]] = {}
+        for i, (uuid, for_listing) in enumerate(requests):
+            listed = self._take_listed(conn, uuid) if for_listing else None
+            try:
+                dom = self._handle(conn, uuid)
+                read[i] = dom, dom.XMLDesc(0), listed
+            except libvirt.libvirtError as exc:
+                results[i] = self._failed(conn, uuid, exc)
+        asked = [(i, dom) for i, (dom, _xml, listed) in read.items() if listed is None]
+        try:
+            states = self._states(conn, [dom for _i, dom in asked])
+        except libvirt.libvirtError as exc:  # says nothing of any one domain: all of them are retried
+            if exc.get_error_code() in CONN_ERRORS or not _alive(conn):
+                raise
+            states = {}
+            for i, _dom in asked:
+                results[i] = exc
+                read.pop(i)
+        observed_at = self._now()
+        for i, (dom, xml, listed) in read.items():
+            uuid, for_listing = requests[i]
+            got = states.get(uuid) if listed is None else (listed.state, listed.reason, listed.persistent)
+            if got is None or isinstance(got, libvirt.libvirtError):
+                results[i] = got
+                if got is None:  # gone between its XML and its state
+                    self.forget(uuid)
+                continue
+            state, reason, persistent = got
+            job = migration_job(dom) if for_listing and paused_for_migration(state, reason) else None
+            active, name = xml_active_and_name(xml)
+            results[i] = DomainSnapshot(
+                uuid=uuid, name=name if name is not None else dom.name(), state=state_name(state),
+                reason=reason_name(state, reason), active=active if listed is None else listed.active,
+                persistent=bool(persistent), xml=xml, observed_at=observed_at, job=job)
+        return results
+
+    def _take_listed(self, conn: libvirt.virConnect, uuid: str) -> ListedDomain | None:
+        """What the listing read of ``uuid``, if it can stand for the state: the listing knew the flag
+        and the domain is not ``PAUSED/MIGRATION`` (read in full, job included)."""
+        with self._lock:
+            listed = self._listed.pop(uuid, None) if self._handles_conn is conn else None
+        if listed is None or listed.persistent is None or paused_for_migration(listed.state, listed.reason):
+            return None
+        return listed
 
     def _handle(self, conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
         with self._lock:
             if self._handles_conn is not conn:
-                self._handles_conn, self._handles, self._persistent = conn, {}, {}
+                self._handles_conn, self._handles = conn, {}
             dom = self._handles.get(uuid)
         if dom is None:
             dom = conn.lookupByUUIDString(uuid)
@@ -153,99 +225,57 @@ class SnapshotReader:
                     self._handles[uuid] = dom
         return dom
 
-    def read(self, uuid: str, *, for_listing: bool = False, recheck_persistent: bool = True) -> DomainSnapshot | None:
-        """The domain's snapshot, or None when libvirt says it does not exist.
-
-        ``recheck_persistent`` False: the flag as last read, if this reader has it (the events since
-        cannot have changed it, see :func:`may_change_persistence`).
-
-        ``for_listing``: the read of a listing's RESYNC record (no events). The listing's state,
-        reason, active and persistent flags stand for the domain, with the XML read now: a RESYNC
-        record shows the domain as listed, and any change since is an event, which the next record
-        reports with a full read. A ``PAUSED/MIGRATION`` domain is read in full, with its migration
-        job, to check the listing's ownership decision (see :func:`migration_job`, which can take
-        seconds). Raises ConnectionLost when the connection broke, so the work can be retried.
-        """
-        conn = self._session.connection()
-        job = None
-        with self._lock:
-            listed = self._listed.pop(uuid, None) if self._handles_conn is conn else None
-        if not for_listing or listed is None or listed.persistent is None or paused_for_migration(
-                listed.state, listed.reason):
-            listed = None
-        try:
-            dom = self._handle(conn, uuid)
-            xml = dom.XMLDesc(0)
-            if listed is not None and listed.persistent is not None:  # (checked above; narrows the type)
-                state, reason, persistent = listed.state, listed.reason, listed.persistent
-            else:
-                state, reason = dom.state()
-                with self._lock:
-                    known = None if recheck_persistent else self._persistent.get(uuid)
-                persistent = bool(dom.isPersistent()) if known is None else known
-            if for_listing and paused_for_migration(state, reason):
-                job = migration_job(dom)
-        except libvirt.libvirtError as exc:
-            code = exc.get_error_code()
-            if code in GONE_ERRORS:
-                self.forget(uuid)
-                return None
-            if code in _CONN_ERRORS or not _alive(conn):
-                self._session.mark_lost()
-                raise ConnectionLost(str(exc)) from exc
-            raise
-        active, name = xml_active_and_name(xml)
-        with self._lock:
-            if self._handles_conn is conn:
-                self._persistent[uuid] = persistent
-        if listed is not None:
-            active = listed.active  # as listed, like the state
-        return DomainSnapshot(
-            uuid=uuid,
-            name=name if name is not None else dom.name(),
-            state=state_name(state),
-            reason=reason_name(state, reason),
-            active=active,
-            persistent=persistent,
-            xml=xml,
-            observed_at=self._now(),
-            job=job,
-        )
-
-
-def migration_job(dom: libvirt.virDomain) -> ListedJob:
-    """What the domain's current job says about migration (the ownership rules' listing evidence).
-
-    Recorded on libvirt 9.0 with QEMU 7.2 (``tests/fixtures/event_orders``): on an incoming
-    migration's destination ``virDomainGetJobStats`` fails with ``VIR_ERR_OPERATION_UNSUPPORTED``
-    ("migration statistics are available only on the source host"), read-only connections too; on
-    the source it reports operation ``MIGRATION_OUT``; a domain restored paused from a save image
-    shows the same ``PAUSED/MIGRATION`` state and reason but has no job at all (type ``NONE``).
-    Connection errors propagate; any other failure (the domain just vanished, a driver without job
-    statistics) is ``UNKNOWN``.
-    """
-    try:
-        stats = dom.jobStats()
-    except libvirt.libvirtError as exc:
+    def _failed(self, conn: libvirt.virConnect, uuid: str, exc: libvirt.libvirtError) -> SnapshotResult:
+        """None when the domain is gone, the error when it is to be retried; raised when the
+        connection broke."""
         code = exc.get_error_code()
-        if code == libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
-            return ListedJob.INCOMING
-        if code in _CONN_ERRORS:
-            raise
-        return ListedJob.UNKNOWN
-    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
-        return ListedJob.NONE
-    operation = stats.get("operation")
-    if operation == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT:
-        return ListedJob.OUTGOING
-    if operation == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN:
-        return ListedJob.INCOMING
-    return ListedJob.NONE
+        if code in GONE_ERRORS:
+            self.forget(uuid)
+            return None
+        if code in CONN_ERRORS or not _alive(conn):
+            raise exc
+        return exc
+
+    def _states(self, conn: libvirt.virConnect,
+                doms: list[libvirt.virDomain]) -> dict[str, tuple[int, int, bool] | libvirt.libvirtError]:
+        """(state, reason, persistent) by UUID, read after the XML; a domain left out is gone."""
+        if not doms:
+            return {}
+        if self._bulk_states:
+            try:
+                return bulk_states(conn, doms)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
+                    raise
+                log.info("libvirt refused virDomainListGetStats (%s); reading each domain's state instead",
+                         exc.get_error_message())
+                self._bulk_states = False
+        out: dict[str, tuple[int, int, bool] | libvirt.libvirtError] = {}
+        for dom in doms:
+            uuid = dom.UUIDString()
+            try:
+                state, reason = dom.state()
+                out[uuid] = state, reason, bool(dom.isPersistent())
+            except libvirt.libvirtError as exc:
+                if self._failed(conn, uuid, exc) is not None:
+                    out[uuid] = exc
+        return out
 
 
-def paused_for_migration(state: int, reason: int) -> bool:
-    """The one state and reason that take a migration job to interpret (see :mod:`bridge.core.ownership`)."""
-    return (state, reason) == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
+def bulk_states(conn: libvirt.virConnect, doms: list[libvirt.virDomain]) -> dict[str, tuple[int, int, bool]]:
+    """(state, reason, persistent) by UUID of the ``doms`` that exist, in one request (two when some
+    are not persistent): ``virDomainListGetStats`` of the state group, filtered by persistence,
+    skips a domain that does not match or no longer exists."""
+    out: dict[str, tuple[int, int, bool]] = {}
+    rest = [(dom.UUIDString(), dom) for dom in doms]
+    for flag, persistent in ((libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_PERSISTENT, True),
+                             (libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_TRANSIENT, False)):
+        for dom, values in conn.domainListGetStats([d for _u, d in rest], libvirt.VIR_DOMAIN_STATS_STATE, flag):
+            out[dom.UUIDString()] = int(values.get("state.state", 0)), int(values.get("state.reason", 0)), persistent
+        rest = [(uuid, dom) for uuid, dom in rest if uuid not in out]
+        if not rest:
+            break
+    return out
 
 
 def _alive(conn: libvirt.virConnect) -> bool:

@@ -10,7 +10,8 @@ For each batch (at most one record in flight per domain, see :mod:`bridge.core.c
 3. version, persist and produce: :mod:`bridge.agent.record_writer`.
 
 It is a pipeline, not a sequence of rounds: a batch's read is handed to a reader the moment the batch
-is taken, every finished read wakes the pipeline thread (:meth:`WorkQueue.post_result`), and the reads
+is taken (the batches taken together are spread over the readers in groups, each group's states read
+in one request), every finished group wakes the pipeline thread (:meth:`WorkQueue.post_results`), and the reads
 finished by then are versioned together, covered by the persisted version bound (an fsync only when
 the lease needs renewing; the readers go on meanwhile) and produced. No read waits for a slower one;
 a ``Domain not found`` retry waits parked, off every thread, until its backoff is due.
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import libvirt
 
@@ -36,7 +38,7 @@ from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, Pipel
 from bridge.agent.reassert import KeyPositions
 from bridge.agent.record_writer import RecordWriter
 from bridge.agent.resync import Resync
-from bridge.agent.snapshot import DomainSnapshot, implies_gone, may_change_persistence
+from bridge.agent.snapshot import DomainSnapshot, SnapshotRequest, implies_gone
 from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.coalescer import Batch
@@ -51,6 +53,10 @@ log = logging.getLogger(__name__)
 _RETRY_FIRST = 0.005
 _RETRY_MAX = 0.1
 _SWITCH_INTERVAL = 0.0005
+# Reads one reader takes at a time: N domains cost N + 1 round-trips (see bridge.agent.snapshot).
+_GROUP_MAX = 16
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,6 +68,21 @@ class _Read:
     """Monotonic deadline of the not-found retry (set at the first ``Domain not found``)."""
     attempts: int = 0
     result: DomainSnapshot | Exception | None = field(default=None, repr=False)
+
+
+def read_groups(reads: list[T], readers: int, most: int) -> list[list[T]]:
+    """``reads`` in order, in groups of at most ``most`` and sizes one apart: one group per reader
+    (or per read, when fewer), more only when the groups would be larger than ``most``."""
+    count = min(len(reads), max(readers, -(-len(reads) // most)))
+    if not count:
+        return []
+    size, larger = divmod(len(reads), count)
+    groups, first = [], 0
+    for n in range(count):
+        last = first + size + (n < larger)
+        groups.append(reads[first:last])
+        first = last
+    return groups
 
 
 class Streamer:
@@ -90,8 +111,10 @@ class Streamer:
         # GIL over sooner: a snapshot is three such waits.
         if sys.getswitchinterval() > _SWITCH_INTERVAL:
             sys.setswitchinterval(_SWITCH_INTERVAL)
+        self._readers = config.snapshot_readers
         self._reading = 0  # reads handed to the pool and not yet taken back
-        self._max_reading = 2 * config.snapshot_readers  # enough queued that no reader waits for work
+        # Enough that no reader waits for work, while the work queue can still merge new events.
+        self._max_reading = _GROUP_MAX * config.snapshot_readers
         self._parked: list[tuple[float, int, _Read]] = []  # (due, tie-break, read): not-found retries
         self._seq = itertools.count()
 
@@ -124,11 +147,11 @@ class Streamer:
         return self._parked[0][0] if self._parked else None
 
     def process(self, batches: list[Batch]) -> None:
-        """Hand newly taken batches to the readers (after the ownership rules saw their events, in order)."""
-        for batch in batches:
-            owned = self._owned_events(batch)
-            if owned is not None:
-                self._start(_Read(owned))
+        """Hand newly taken batches to the readers (after the ownership rules saw their events, in order),
+        spread over them in groups: a reader reads a group's domains together."""
+        reads = [_Read(owned) for owned in map(self._owned_events, batches) if owned is not None]
+        for group in read_groups(reads, self._readers, _GROUP_MAX):
+            self._start(group)
 
     def advance(self, results: list[_Read] | None = None) -> None:
         """Take finished reads (and due retries) through version, persistence and produce."""
@@ -159,20 +182,26 @@ class Streamer:
             else:
                 self.advance([])
 
-    def _start(self, read: _Read) -> None:
-        self._reading += 1
-        self._read_pool.submit(self._read_task, read)
+    def _start(self, group: list[_Read]) -> None:
+        self._reading += len(group)
+        self._read_pool.submit(self._read_task, group)
 
-    def _read_task(self, read: _Read) -> None:
+    def _read_task(self, group: list[_Read]) -> None:
+        # A listing's record (no events) reads the job too, to check the listing's ownership decision
+        # (an incoming domain listed while its migration was prepared reads PAUSED/MIGRATION now).
+        requests = [SnapshotRequest(read.batch.uuid, for_listing=not read.batch.events) for read in group]
+        started = time.monotonic()
         try:
-            # A listing's record (no events) reads the job too, to check the listing's ownership decision
-            # (an incoming domain listed while its migration was prepared reads PAUSED/MIGRATION now).
-            batch = read.batch
-            read.result = self._read(batch.uuid, for_listing=not batch.events,
-                                     recheck_persistent=may_change_persistence(batch.events, batch.elided))
-        except Exception as exc:  # a bug: handed back, so the batch is not stuck in flight
-            read.result = exc
-        self._queue.post_result(read)
+            results: list[DomainSnapshot | Exception | None] = list(self._reader.read_many(requests))
+        except Exception as exc:  # ConnectionLost, or a bug: handed back, so no batch is stuck in flight
+            results = [exc] * len(group)
+        if self._observer is not None:
+            seconds = time.monotonic() - started  # each read of the group took that long to come back
+            for _read in group:
+                self._observer.snapshot_read(seconds)
+        for read, result in zip(group, results, strict=True):
+            read.result = result
+        self._queue.post_results(group)
 
     def _finish(self, read: _Read) -> tuple[Batch, DomainSnapshot | None] | None:
         """A read came back: the batch is ready, requeued, parked for a retry, or done."""
@@ -210,7 +239,7 @@ class Streamer:
         if implies_gone(read.batch.events) or (read.retry_until is not None and now >= read.retry_until):
             return self._prepare(read.batch, None)
         if reread:
-            self._start(read)
+            self._start([read])
         else:
             delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** read.attempts)
             read.attempts += 1
@@ -260,16 +289,6 @@ class Streamer:
         self._queue.done(batch.uuid)
 
     # -- the snapshot -------------------------------------------------------------------------------
-
-    def _read(self, uuid: str, for_listing: bool, recheck_persistent: bool) -> DomainSnapshot | Exception | None:
-        started = time.monotonic()
-        try:
-            return self._reader.read(uuid, for_listing=for_listing, recheck_persistent=recheck_persistent)
-        except (ConnectionLost, libvirt.libvirtError) as exc:
-            return exc
-        finally:
-            if self._observer is not None:
-                self._observer.snapshot_read(time.monotonic() - started)
 
     def _prepare(self, batch: Batch, snap: DomainSnapshot | None) -> tuple[Batch, DomainSnapshot | None] | None:
         """The read (and any retry) of an owned batch is complete; None when nothing is to be published."""

@@ -3,7 +3,7 @@
 Wraps the pure :class:`~bridge.core.coalescer.Coalescer` in one lock and a condition the pipeline
 waits on. Producers of work: the event callbacks (:meth:`WorkQueue.add_event`), resync requests, and
 delivery reports (:meth:`WorkQueue.done`), which also queue resync acknowledgements for the pipeline,
-and the snapshot readers (:meth:`WorkQueue.post_result`), whose finished reads wake the pipeline the
+and the snapshot readers (:meth:`WorkQueue.post_results`), whose finished reads wake the pipeline the
 same way.
 
 Only a change the pipeline can act on notifies the condition: a domain becoming ready, an ack it must
@@ -67,10 +67,10 @@ class WorkQueue:
             self._wakeups = 0
             return self._coalescer.take(limit) if limit > 0 else []
 
-    def post_result(self, result: Any) -> None:
-        """A snapshot reader finished (any thread); wakes the pipeline, which takes it with :meth:`results`."""
+    def post_results(self, results: list[Any]) -> None:
+        """A snapshot reader finished (any thread); wakes the pipeline, which takes them with :meth:`results`."""
         with self._cond:
-            self._results.append(result)
+            self._results.extend(results)
             self._cond.notify()
 
     def results(self) -> list[Any]:

@@ -1,11 +1,13 @@
 """A scripted libvirt host: domains, one connection, and the session the agent reads it through.
 
-:class:`FakeConnection` serves ``listAllDomains`` (the resync listing) and ``lookupByUUIDString`` (the
-snapshot reader); its domains answer ``state``, ``XMLDesc``, ``isPersistent``, ``ID``, ``name`` and
-``jobStats``. Scripts: :meth:`FakeConnection.hide` makes the next N lookups of a UUID fail with
-``Domain not found`` (a fresh domain not readable yet); :meth:`FakeConnection.remove` makes a domain
-gone, handles included; :meth:`FakeConnection.lose` breaks the connection (every call raises a system
-error, ``isAlive`` is False). Calls are counted by (method, UUID) in :attr:`FakeConnection.calls`.
+:class:`FakeConnection` serves ``listAllDomains`` (the resync listing), ``lookupByUUIDString`` (the
+snapshot reader), ``getAllDomainStats`` and ``domainListGetStats`` (the state group); its domains
+answer ``state``, ``XMLDesc``, ``isPersistent``, ``ID``, ``name`` and ``jobStats``. Scripts:
+:meth:`FakeConnection.hide` makes the next N lookups of a UUID fail with ``Domain not found`` (a
+fresh domain not readable yet); :meth:`FakeConnection.remove` makes a domain gone, handles
+included; :meth:`FakeConnection.lose` breaks the connection (every call raises a system error,
+``isAlive`` is False); :meth:`FakeConnection.refuse_bulk_stats` makes ``domainListGetStats``
+fail. Calls are counted by (method, UUID) in :attr:`FakeConnection.calls`.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class FakeDomain:
     # -- libvirt.virDomain ---------------------------------------------------------------------------
 
     def UUIDString(self) -> str:
-        self._serve("UUIDString")
+        self._serve("UUIDString", local=True)
         return self.uuid
 
     def ID(self) -> int:
@@ -57,7 +59,7 @@ class FakeDomain:
         return self.domain_id if self.active else -1
 
     def name(self) -> str:
-        self._serve("name")
+        self._serve("name", local=True)
         return self.dom_name
 
     def state(self, flags: int = 0) -> list[int]:
@@ -79,9 +81,10 @@ class FakeDomain:
             raise self.job
         return dict(self.job)
 
-    def _serve(self, method: str) -> None:
+    def _serve(self, method: str, *, local: bool = False) -> None:
+        """``local``: libvirt answers from the handle itself (no request), so the call never fails."""
         if self.conn is not None:
-            self.conn.serve(method, self.uuid, domain_call=True)
+            self.conn.serve(method, self.uuid, domain_call=not local, local=local)
 
 
 class FakeConnection:
@@ -92,6 +95,7 @@ class FakeConnection:
         self._domains: dict[str, FakeDomain] = {}
         self._hidden: Counter[str] = Counter()
         self._lost = False
+        self._bulk_refusal: int | None = None
         self.calls: Counter[tuple[str, str]] = Counter()
         for dom in domains or ():
             self.add(dom)
@@ -119,6 +123,12 @@ class FakeConnection:
         with self._lock:
             self._lost = True
 
+    def refuse_bulk_stats(self, code: int | None = libvirt.VIR_ERR_NO_SUPPORT) -> None:
+        """``domainListGetStats`` fails with ``code`` (by default as on a driver without it); None: it
+        answers again."""
+        with self._lock:
+            self._bulk_refusal = code
+
     # -- libvirt.virConnect ----------------------------------------------------------------------------
 
     def listAllDomains(self, flags: int = 0) -> list[FakeDomain]:
@@ -136,6 +146,26 @@ class FakeConnection:
             domains = list(self._domains.values())
         return [(d, {"state.state": d.dom_state, "state.reason": d.dom_reason}) for d in domains]
 
+    def domainListGetStats(self, doms: list[FakeDomain], stats: int = 0,
+                           flags: int = 0) -> list[tuple[FakeDomain, dict[str, Any]]]:
+        """The STATE group of those of ``doms`` that exist and match the persistence filter in ``flags``
+        (libvirt skips the others); fails as :meth:`refuse_bulk_stats` says. Counted once
+        per call and once per domain asked about."""
+        self.serve("domainListGetStats", "")
+        for dom in doms:
+            self.serve("domainListGetStats", dom.uuid)
+        if not doms:
+            raise libvirt_error(libvirt.VIR_ERR_INVALID_ARG, "doms array must contain at least one domain")
+        with self._lock:
+            if self._bulk_refusal is not None:
+                raise libvirt_error(self._bulk_refusal, "refused by the script")
+            found = [self._domains[d.uuid] for d in doms if d.uuid in self._domains]
+        if flags & libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_PERSISTENT:
+            found = [d for d in found if d.persistent]
+        if flags & libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_TRANSIENT:
+            found = [d for d in found if not d.persistent]
+        return [(d, {"state.state": d.dom_state, "state.reason": d.dom_reason}) for d in found]
+
     def lookupByUUIDString(self, uuid: str) -> FakeDomain:
         self.serve("lookupByUUIDString", uuid)
         with self._lock:
@@ -151,11 +181,11 @@ class FakeConnection:
         with self._lock:
             return int(not self._lost)
 
-    def serve(self, method: str, uuid: str, *, domain_call: bool = False) -> None:
-        """Count a call and fail it as the script says."""
+    def serve(self, method: str, uuid: str, *, domain_call: bool = False, local: bool = False) -> None:
+        """Count a call and fail it as the script says (never a ``local`` one)."""
         with self._lock:
             self.calls[(method, uuid)] += 1
-            lost = self._lost
+            lost = self._lost and not local
             gone = domain_call and uuid not in self._domains
         if lost:
             raise libvirt_error(libvirt.VIR_ERR_SYSTEM_ERROR, "Cannot recv data: Connection reset by peer")

@@ -154,8 +154,8 @@ def test_odd_domain_names_round_trip(kafka, libvirt_host, topics, agent_factory,
 
 def test_the_persistent_flag_follows_undefine_and_define_of_a_running_domain(kafka, libvirt_host, topics,
                                                                                agent_factory, test_conn, recorder):
-    """The reader keeps the persistent flag and asks again only after events that can change it: each
-    record's flag must still be libvirt's at the time (suspend/resume in between use the kept one)."""
+    """Each record's persistent flag comes from the reader's bulk state request, filtered by
+    persistence: it must be libvirt's at the time, through undefine and define of a running domain."""
     agent = agent_factory(libvirt_host.test_uri).start()
     dom = test_conn.defineXML(xml_for_test_driver(unique_name("persist")))
     uuid = dom.UUIDString()

@@ -40,7 +40,7 @@ import libvirt
 
 from bridge.agent.event_loop import LibvirtEventLoop
 from bridge.agent.libvirt_names import lifecycle_names, reason_name, state_name
-from bridge.agent.snapshot import migration_job
+from bridge.agent.migration_job import migration_job
 from devenv import LibvirtHost, domain_xml, wait_until
 
 QUIET = 0.5
