@@ -104,5 +104,8 @@ class SnapshotSource(Protocol):
     def forget(self, uuid: str) -> None:
         """The domain is gone (a DELETED record is being published)."""
 
+    def reads_job(self, uuid: str) -> bool:
+        """The listing's read of ``uuid`` will read its migration job too (listed ``PAUSED/MIGRATION``)."""
+
     def prime(self, conn: Any, listed: Iterable[ListedDomain]) -> None:
         """A listing just read ``listed`` on ``conn``: keep what spares its RESYNC reads round-trips."""

@@ -23,9 +23,7 @@ without ``virDomainListGetStats`` is asked each domain's state and flag instead.
 
 from __future__ import annotations
 
-import html
 import logging
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeAlias
 
 import libvirt
 
+from bridge.agent.domain_xml import xml_active_and_name
 from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.agent.libvirt_session import CONN_ERRORS, ConnectionLost
 from bridge.agent.migration_job import migration_job, paused_for_migration
@@ -63,20 +62,6 @@ class DomainSnapshot:
     observed_at: int
     job: ListedJob | None = None
     """The migration job, read only when asked for and the domain is ``PAUSED/MIGRATION``."""
-
-
-# The root element's attributes and the first <name> (the domain's: it comes before any device's).
-_ROOT = re.compile(r"<domain\b([^>]*)>")
-_ID_ATTR = re.compile(r"""\sid=['"](-?\d+)['"]""")
-_NAME = re.compile(r"<name>([^<]*)</name>")
-
-
-def xml_active_and_name(xml: str) -> tuple[bool, str | None]:
-    """(active, name) as the domain XML says: active when the root has an ``id`` other than -1."""
-    root = _ROOT.search(xml)
-    ident = _ID_ATTR.search(root.group(1)) if root else None
-    name = _NAME.search(xml)
-    return (ident is not None and int(ident.group(1)) != -1), (html.unescape(name.group(1)) if name else None)
 
 
 class Session(Protocol):
@@ -139,6 +124,13 @@ class SnapshotReader:
             for entry in listed:
                 self._handles[entry.uuid] = entry.dom
                 self._listed[entry.uuid] = entry
+
+    def reads_job(self, uuid: str) -> bool:
+        """The listing's read of ``uuid`` will read its migration job too: the listing saw it
+        ``PAUSED/MIGRATION``, and that job read can take seconds on a migration's source."""
+        with self._lock:
+            listed = self._listed.get(uuid)
+        return listed is not None and paused_for_migration(listed.state, listed.reason)
 
     def read(self, uuid: str, *, for_listing: bool = False) -> DomainSnapshot | None:
         """One domain's snapshot, or None when libvirt says it does not exist; raises what

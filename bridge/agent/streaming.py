@@ -9,12 +9,11 @@ For each batch (at most one record in flight per domain, see :mod:`bridge.core.c
    stops early when newer events arrive (they join the batch);
 3. version, persist and produce: :mod:`bridge.agent.record_writer`.
 
-It is a pipeline, not a sequence of rounds: a batch's read is handed to a reader the moment the batch
-is taken (the batches taken together are spread over the readers in groups, each group's states read
-in one request), every finished group wakes the pipeline thread (:meth:`WorkQueue.post_results`), and the reads
-finished by then are versioned together, covered by the persisted version bound (an fsync only when
-the lease needs renewing; the readers go on meanwhile) and produced. No read waits for a slower one;
-a ``Domain not found`` retry waits parked, off every thread, until its backoff is due.
+It is a pipeline, not a sequence of rounds: the batches taken together go to the readers at once,
+in groups (:mod:`bridge.core.read_groups`); each finished group wakes the pipeline thread, which
+versions the reads finished by then together, covers them by the persisted version bound (an fsync
+only when the lease needs renewing) and produces them. A ``Domain not found`` retry waits parked,
+off every thread, until its backoff is due.
 
 Owned by the pipeline; runs on its thread, but for the snapshot reads.
 """
@@ -29,7 +28,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
 
 import libvirt
 
@@ -43,6 +41,7 @@ from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
 from bridge.core.coalescer import Batch
 from bridge.core.ownership import Ownership, Verdict, claim_contradicted
+from bridge.core.read_groups import GROUP_MAX, read_groups
 from bridge.core.version_clock import Clock, VersionClock
 from bridge.records import AgentInfo, DomainEvent
 from bridge.serde import RecordCodec
@@ -53,10 +52,6 @@ log = logging.getLogger(__name__)
 _RETRY_FIRST = 0.005
 _RETRY_MAX = 0.1
 _SWITCH_INTERVAL = 0.0005
-# Reads one reader takes at a time: N domains cost N + 1 round-trips (see bridge.agent.snapshot).
-_GROUP_MAX = 16
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -68,21 +63,6 @@ class _Read:
     """Monotonic deadline of the not-found retry (set at the first ``Domain not found``)."""
     attempts: int = 0
     result: DomainSnapshot | Exception | None = field(default=None, repr=False)
-
-
-def read_groups(reads: list[T], readers: int, most: int) -> list[list[T]]:
-    """``reads`` in order, in groups of at most ``most`` and sizes one apart: one group per reader
-    (or per read, when fewer), more only when the groups would be larger than ``most``."""
-    count = min(len(reads), max(readers, -(-len(reads) // most)))
-    if not count:
-        return []
-    size, larger = divmod(len(reads), count)
-    groups, first = [], 0
-    for n in range(count):
-        last = first + size + (n < larger)
-        groups.append(reads[first:last])
-        first = last
-    return groups
 
 
 class Streamer:
@@ -114,7 +94,7 @@ class Streamer:
         self._readers = config.snapshot_readers
         self._reading = 0  # reads handed to the pool and not yet taken back
         # Enough that no reader waits for work, while the work queue can still merge new events.
-        self._max_reading = _GROUP_MAX * config.snapshot_readers
+        self._max_reading = GROUP_MAX * config.snapshot_readers
         self._parked: list[tuple[float, int, _Read]] = []  # (due, tie-break, read): not-found retries
         self._seq = itertools.count()
 
@@ -148,9 +128,13 @@ class Streamer:
 
     def process(self, batches: list[Batch]) -> None:
         """Hand newly taken batches to the readers (after the ownership rules saw their events, in order),
-        spread over them in groups: a reader reads a group's domains together."""
+        spread over them in groups: a reader reads a group's domains together. A listing's read that
+        will ask for a migration job (seconds, on a migration's source) is a group of its own, so no
+        other domain's record waits for it."""
         reads = [_Read(owned) for owned in map(self._owned_events, batches) if owned is not None]
-        for group in read_groups(reads, self._readers, _GROUP_MAX):
+        slow = {id(r) for r in reads if not r.batch.events and self._reader.reads_job(r.batch.uuid)}
+        fast = [r for r in reads if id(r) not in slow]
+        for group in [*read_groups(fast, self._readers, GROUP_MAX), *([r] for r in reads if id(r) in slow)]:
             self._start(group)
 
     def advance(self, results: list[_Read] | None = None) -> None:

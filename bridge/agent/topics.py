@@ -31,10 +31,12 @@ def compaction_lags_ms(lag: float) -> dict[str, int]:
     about two lags of history. Every resync rewrites each domain once, so on the domains topic that
     history is about 2 x lag / ``--resync-interval`` of the fleet (0.4 x at the defaults). The price:
     a consumer more than a lag or two behind reads each domain's latest record, not every record in
-    between. The hosts topic (a record per host per resync interval) gets ten times the lag.
+    between. The hosts topic has the same lag: it gets a HostRecord per host per resync interval (and
+    per status change), so its history is the same fraction of its hosts; with ten times the lag it
+    held about five HostRecords per host, each with its inventory, and a fresh consumer read them all.
     """
     ms = int(lag * 1000)
-    return {"domains": ms, "heartbeats": ms, "hosts": 10 * ms}
+    return {"domains": ms, "heartbeats": ms, "hosts": ms}
 
 
 class Admin(AdminClient):

@@ -43,8 +43,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DURATION"),
     Option("partitions", "partitions of the domains topic when the agent creates it", 12, parse_positive_int,
            metavar="N"),
-    Option("compaction_lag", "max.compaction.lag.ms of the domains and heartbeats topics when the agent creates "
-           "them (hosts: 10x): older history is compacted to each domain's latest record, so a fresh consumer "
+    Option("compaction_lag", "max.compaction.lag.ms of the domains, hosts and heartbeats topics when the agent "
+           "creates them: older history is compacted to each domain's latest record, so a fresh consumer "
            "reads the fleet plus about two lags of changes, and a consumer further behind than that gets the "
            "latest record, not every one in between", DEFAULT_COMPACTION_LAG, parse_duration, metavar="DURATION"),
     Option("replication_factor", "replication factor of topics the agent creates (default: min(3, brokers))",

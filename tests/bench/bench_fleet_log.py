@@ -5,14 +5,15 @@ the agent creates them (:func:`bridge.agent.topics.prepare_topics`: compacted, w
 ``max.compaction.lag.ms``). Then, on the same broker:
 
 1. ``first``: the fleet's first resync (a RESYNC record per domain, a HostRecord per host whose
-   inventory lists its 100 domains); a fresh :class:`bridge.consumer.Informer` syncs from the beginning.
+   inventory lists its 100 domains); a fresh :class:`bridge.consumer.Informer` syncs from the beginning
+   (three times, the fastest counts).
    Timed, records/s, and the bench process's RSS growth per domain held;
 2. ``steady``: ``STEADY_S`` seconds of the fleet's own traffic at the agent's defaults, in real time:
    every host heartbeats every 10 s (on the heartbeats topic, no inventory) and resyncs every 300 s
    (its 100 RESYNC records and a HostRecord), hosts spread evenly over the intervals. Every
    ``SAMPLE_S`` the topics' bytes on the broker's disk are sampled: they stop growing once the cleaner
    keeps up (each key's latest record plus at most about two compaction lags of history);
-3. ``later``: a second fresh Informer syncs, timed; its ratio to ``first`` is target 5's
+3. ``later``: fresh Informers sync again (the fastest of three); its ratio to ``first`` is target 5's
    "synced in <= 2x the time right after the first resync".
 
 The broker's clock cannot be sped up (record timestamps drive segment rolls and the compaction lag),
@@ -49,6 +50,7 @@ HEARTBEAT_S = 10.0
 RESYNC_S = 300.0
 STEADY_S = float(os.environ.get("LKB_BENCH_FLEET_S", "330"))
 SAMPLE_S = 15.0
+SYNCS = 3
 
 
 def send(producer: Any, topic: str, key: bytes, value: bytes, failed: list[str], headers: Any = None) -> None:
@@ -201,6 +203,15 @@ def _view_bytes(domains: Mapping[str, Any]) -> int:
     return total
 
 
+def _best_sync(settings: Any, runs: int = SYNCS) -> dict[str, Any]:
+    """The fastest of ``runs`` fresh syncs of the same log (one sync moves by a third with the box's
+    load), with the records each applied and the seconds of all of them."""
+    syncs = [_sync(settings) for _ in range(runs)]
+    best: dict[str, Any] = dict(min(syncs, key=lambda s: s["seconds"]))
+    best["all_seconds"] = [round(s["seconds"], 2) for s in syncs]
+    return best
+
+
 def _sync(settings: Any) -> dict[str, float]:
     from bridge.consumer import Informer  # noqa: PLC0415
 
@@ -242,18 +253,20 @@ def run(env: BenchEnv) -> BenchResult:
     first_bytes = fleet.bytes
     progress(f"{NAME}: {HOSTS:,} hosts x {DOMAINS_PER_HOST} domains written ({first_bytes / 2**20:.0f} MiB) "
              f"in {time.monotonic() - t:.1f}s")
-    first = _sync(settings)
+    first = _best_sync(settings)
     first_disk = sum(_disk_bytes(env, topics).values())
     progress(f"{NAME}: fresh Informer after the first resync: {first['seconds']:.1f}s "
              f"({first['records_per_s']:,.0f} records/s, {first['rss_growth_bytes_per_domain']:,.0f} B RSS per domain)")
     samples = _steady(fleet, env, topics)
     on_disk = _disk_bytes(env, topics)
-    later = _sync(settings)
+    later = _best_sync(settings)
     ratio = later["seconds"] / first["seconds"]
+    records_ratio = later["applied"] / first["applied"]
     total = sum(on_disk.values())
     written = (fleet.bytes - first_bytes) / 2**20
     progress(f"{NAME}: fresh Informer after {STEADY_S:.0f}s of steady traffic ({written:.0f} MiB written, "
-             f"{total / 2**20:.0f} MiB on disk): {later['seconds']:.1f}s ({ratio:.2f}x)")
+             f"{total / 2**20:.0f} MiB on disk): {later['seconds']:.1f}s ({ratio:.2f}x; {records_ratio:.2f}x the "
+             f"records); syncs {first['all_seconds']} then {later['all_seconds']}")
     avg_record = first_bytes / (HOSTS * (DOMAINS_PER_HOST + 1))
     result.add("first_sync_s", "fleet: fresh Informer sync after the first resync", first["seconds"], "s",
                f"{HOSTS:,} hosts x {DOMAINS_PER_HOST} domains: {HOSTS * DOMAINS_PER_HOST:,} RESYNC records and "
@@ -276,7 +289,9 @@ def run(env: BenchEnv) -> BenchResult:
     result.add("steady_sync_s", f"fleet: fresh sync after {STEADY_S:.0f}s steady", later["seconds"], "s",
                "the same Informer sync, from the beginning of the log as it is then")
     result.add("steady_sync_ratio", "fleet: steady sync / first sync", ratio, "ratio",
-               "target <= 2 (the log bounded by the fleet, not its age)")
+               f"target <= 2 (the log bounded by the fleet, not its age); each the fastest of {SYNCS} fresh syncs")
+    result.add("steady_records_ratio", "fleet: records read, steady sync / first", records_ratio, "ratio",
+               "what the log holds then against right after the first resync (the sync's time follows it)")
     result.details = {"first": first, "later": later, "first_bytes": first_bytes, "first_disk_bytes": first_disk,
                       "written_bytes": fleet.bytes,
                       "on_disk_bytes": on_disk, "samples": samples}

@@ -52,6 +52,9 @@ class CountingReader:
     def forget(self, uuid: str) -> None:
         self._reader.forget(uuid)
 
+    def reads_job(self, uuid: str) -> bool:
+        return self._reader.reads_job(uuid)
+
     def prime(self, conn: Any, listed: Iterable[ListedDomain]) -> None:
         self._reader.prime(conn, listed)
 
@@ -269,6 +272,50 @@ def test_a_listed_domain_that_reads_as_an_incoming_migration_is_not_published(ag
     records = [p for _m, p in agent.payloads(start) if isinstance(p, DomainRecord) and p.uuid == incoming]
     assert records == [], f"published a RESYNC record for another host's incoming domain: {records}"
     assert conn.count("jobStats", incoming) == 1
+
+
+class _SlowJobDomain(FakeDomain):
+    """Listed ``PAUSED/MIGRATION``: the listing reads its job at once, the RESYNC read's job read then
+    waits for :attr:`release` (a migration's source answers job statistics in seconds)."""
+
+    def __init__(self, uuid: str, name: str) -> None:
+        super().__init__(uuid, name, libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION)
+        self.release = threading.Event()
+        self.job_reads = 0
+
+    def jobStats(self, flags: int = 0) -> dict[str, Any]:
+        self.job_reads += 1
+        if self.job_reads > 1:
+            self.release.wait(10)
+        return super().jobStats(flags)
+
+
+def test_a_slow_migration_job_read_holds_up_no_other_domain_s_resync_record(tmp_path):
+    slow = _SlowJobDomain(uuid_of(2), "vm-02")
+    conn = FakeConnection([FakeDomain(uuid_of(1), "vm-01"), slow, FakeDomain(uuid_of(3), "vm-03")])
+    producer = FakeProducer(auto_ack=True)
+    publisher = Publisher({}, max_retry_backoff=0.05, producer_factory=producer.factory)
+    publisher.start()
+    store = StateStore(tmp_path / "state")
+    session = FakeSession(conn)
+    pipeline = Pipeline(CONFIG, WorkQueue(wall_clock_micros), session, SnapshotReader(session, wall_clock_micros),
+                        store, publisher, CODEC, lambda: AGENT, wall_clock_micros)
+    pipeline.start()
+
+    def resynced() -> set[str]:
+        payloads = [decode(Message(m.topic, m.key, m.value, tuple(m.headers))) for m in producer.produced]  # type: ignore[arg-type]
+        return {p.uuid for p in payloads if isinstance(p, DomainRecord) and p.kind is RecordKind.RESYNC}
+
+    try:
+        wait_until(lambda: resynced() == {uuid_of(1), uuid_of(3)}, what="the other domains' RESYNC records")
+        assert slow.job_reads == 2 and not slow.release.is_set(), "published while the job read still waits"
+        slow.release.set()
+        wait_until(lambda: resynced() == {uuid_of(n) for n in (1, 2, 3)}, what="the slow one's record after it")
+    finally:
+        slow.release.set()
+        pipeline.stop()
+        publisher.stop()
+        store.close()
 
 
 # -- the listing's round-trips -----------------------------------------------------------------------------

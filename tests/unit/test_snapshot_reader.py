@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bridge.agent.libvirt_session import ConnectionLost
 from bridge.agent.snapshot import DomainSnapshot, SnapshotReader, SnapshotRequest
-from bridge.agent.streaming import read_groups
+from bridge.core.read_groups import read_groups
 from bridge.core.version_clock import wall_clock_micros
 from tests.fakes import FakeConnection, FakeDomain, FakeSession, libvirt_error
 from tests.fakes.records import uuid_of
