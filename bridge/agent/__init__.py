@@ -34,7 +34,7 @@ main (the CLI)                :class:`Agent`         start/stop; reads ``Agent.s
                                                      asks the pipeline for a resync (an Event)
 ``pipeline``                  ``Pipeline``           the clock, the ownership state, the state store,
                                                      the resync tracker: nothing else touches them
-``snapshot-reader-N``         ``Streamer``           libvirt reads of one domain each; return values
+``snapshot-reader-N``         ``Streamer``           libvirt reads of a group of domains; return values
 ``kafka-delivery``            ``Publisher``          the producer; runs each record's ``on_done``:
                                                      ``WorkQueue.done`` (locked), an Event, metrics,
                                                      and ``KeyPositions.note`` (locked)
