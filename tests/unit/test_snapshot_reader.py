@@ -75,29 +75,6 @@ def test_a_domain_gone_before_its_xml_or_before_its_state_reads_as_none_and_the_
     assert reader.read(uuid_of(1)) is not None
 
 
-def test_domains_the_events_say_are_gone_are_asked_about_together_and_cost_no_xml_when_gone():
-    reader, conn, _ = _reader(FakeDomain(uuid_of(1), "undefined"), FakeDomain(uuid_of(2), "removed"),
-                              FakeDomain(uuid_of(3), "undefined while running"), FakeDomain(uuid_of(4), "other"))
-    for n in (1, 2, 3, 4):
-        reader.read(uuid_of(n))  # handles held, as the event callback hands them over
-    conn.remove(uuid_of(1))
-    conn.remove(uuid_of(2))
-    conn.lookupByUUIDString(uuid_of(3)).persistent = False
-    asked = conn.count("domainListGetStats")
-    requests = [SnapshotRequest(uuid_of(n), likely_gone=True) for n in (1, 2, 3)] + [SnapshotRequest(uuid_of(4))]
-    one, two, three, four = reader.read_many(requests)
-    assert one is None and two is None
-    assert isinstance(three, DomainSnapshot) and not three.persistent, "still there: read in full"
-    assert isinstance(four, DomainSnapshot) and four.persistent
-    assert [conn.count("XMLDesc", uuid_of(n)) for n in (1, 2, 3, 4)] == [1, 1, 2, 2], "no XML call for the gone"
-    # One existence check (unfiltered), then the group's states (persistent, then transient for the rest).
-    assert conn.count("domainListGetStats") - asked == 3
-
-    alone = reader.read_many([SnapshotRequest(uuid_of(4), likely_gone=True)])
-    assert isinstance(alone[0], DomainSnapshot), "one alone: its XML call is the check"
-    assert conn.count("domainListGetStats") - asked == 4
-
-
 def test_an_xml_error_is_that_read_s_result_and_a_broken_connection_fails_the_group():
     reader, conn, session = _reader(FakeDomain(uuid_of(1), "fine"), FakeDomain(uuid_of(2), "odd"))
     odd = conn.lookupByUUIDString(uuid_of(2))
