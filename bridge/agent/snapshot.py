@@ -230,21 +230,26 @@ class SnapshotReader:
 
     def _states(self, conn: libvirt.virConnect,
                 doms: list[libvirt.virDomain]) -> dict[str, tuple[int, int, bool] | libvirt.libvirtError]:
-        """(state, reason, persistent) by UUID, read after the XML; a domain left out is gone."""
+        """(state, reason, persistent) by UUID, read after the XML; a domain left out is gone.
+
+        One the bulk request left out is asked on its own: gone, or its persistence changed between
+        the two filtered requests, which must not read as a delete."""
         if not doms:
             return {}
+        out: dict[str, tuple[int, int, bool] | libvirt.libvirtError] = {}
         if self._bulk_states:
             try:
-                return bulk_states(conn, doms)
+                out.update(bulk_states(conn, doms))
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
                     raise
                 log.info("libvirt refused virDomainListGetStats (%s); reading each domain's state instead",
                          exc.get_error_message())
                 self._bulk_states = False
-        out: dict[str, tuple[int, int, bool] | libvirt.libvirtError] = {}
         for dom in doms:
             uuid = dom.UUIDString()
+            if uuid in out:
+                continue
             try:
                 state, reason = dom.state()
                 out[uuid] = state, reason, bool(dom.isPersistent())
@@ -257,7 +262,7 @@ class SnapshotReader:
 def bulk_states(conn: libvirt.virConnect, doms: list[libvirt.virDomain]) -> dict[str, tuple[int, int, bool]]:
     """(state, reason, persistent) by UUID of the ``doms`` that exist, in one request (two when some
     are not persistent): ``virDomainListGetStats`` of the state group, filtered by persistence,
-    skips a domain that does not match or no longer exists."""
+    skips a domain that does not match or no longer exists (or changed persistence between the two)."""
     out: dict[str, tuple[int, int, bool]] = {}
     rest = [(dom.UUIDString(), dom) for dom in doms]
     for flag, persistent in ((libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_PERSISTENT, True),

@@ -88,7 +88,7 @@ class Streamer:
         # Each libvirt call releases the GIL and must take it back when its reply is in; behind a thread
         # running Python that waits up to the switch interval (5 ms by default), per round-trip. The
         # profiles showed the readers' calls several times slower in the agent than alone, so hand the
-        # GIL over sooner: a snapshot is three such waits.
+        # GIL over sooner: a group is one such wait per domain and one more.
         if sys.getswitchinterval() > _SWITCH_INTERVAL:
             sys.setswitchinterval(_SWITCH_INTERVAL)
         self._readers = config.snapshot_readers

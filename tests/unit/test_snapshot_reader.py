@@ -7,6 +7,8 @@ against a real libvirtd are in ``tests/integration/test_snapshot_reader.py``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import libvirt
 import pytest
 from hypothesis import given
@@ -73,6 +75,28 @@ def test_a_domain_gone_before_its_xml_or_before_its_state_reads_as_none_and_the_
     assert two is None, "left out of the state request: gone"
     assert three is None
     assert reader.read(uuid_of(1)) is not None
+
+
+class _FlippingConnection(FakeConnection):
+    """Makes the transient domains persistent right after the first filtered state request, as a
+    define between the two requests would."""
+
+    def domainListGetStats(self, doms: list[FakeDomain], stats: int = 0,
+                           flags: int = 0) -> list[tuple[FakeDomain, dict[str, Any]]]:
+        found = super().domainListGetStats(doms, stats, flags)
+        if flags & libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_PERSISTENT:
+            for dom in doms:
+                dom.persistent = True
+        return found
+
+
+def test_a_domain_whose_persistence_flips_between_the_two_state_requests_is_read_alone_not_gone():
+    conn = _FlippingConnection([FakeDomain(uuid_of(1), "kept"), FakeDomain(uuid_of(2), "flips", persistent=False)])
+    reader = SnapshotReader(FakeSession(conn), wall_clock_micros)
+    one, two = reader.read_many(_requests(1, 2))
+    assert isinstance(one, DomainSnapshot) and one.persistent
+    assert isinstance(two, DomainSnapshot) and two.persistent, "in neither filtered answer, yet there: not a delete"
+    assert [conn.count("state", uuid_of(n)) for n in (1, 2)] == [0, 1], "only the left-out one is asked alone"
 
 
 def test_an_xml_error_is_that_read_s_result_and_a_broken_connection_fails_the_group():
