@@ -63,6 +63,8 @@ class _Read:
     """Monotonic deadline of the not-found retry (set at the first ``Domain not found``)."""
     attempts: int = 0
     result: DomainSnapshot | Exception | None = field(default=None, repr=False)
+    ends_group: bool = False
+    """The last read of the group it was read in: its return frees a group's place."""
 
 
 class Streamer:
@@ -93,8 +95,12 @@ class Streamer:
             sys.setswitchinterval(_SWITCH_INTERVAL)
         self._readers = config.snapshot_readers
         self._reading = 0  # reads handed to the pool and not yet taken back
-        # Enough that no reader waits for work, while the work queue can still merge new events.
-        self._max_reading = GROUP_MAX * config.snapshot_readers
+        self._groups = 0  # groups handed to the pool and not yet taken back
+        # A group being read and one waiting per reader: no reader waits for work, and the work queue
+        # can still merge new events. Counted in groups, not reads: a limit in reads let each
+        # finished read take one batch, and a burst went on in groups of one (2 round-trips a
+        # domain instead of 1 + 1/16, and a queue of hundreds of reads in the pool).
+        self._max_groups = 2 * config.snapshot_readers
         self._parked: list[tuple[float, int, _Read]] = []  # (due, tie-break, read): not-found retries
         self._seq = itertools.count()
 
@@ -114,9 +120,10 @@ class Streamer:
     # -- the stages ----------------------------------------------------------------------------------
 
     def capacity(self) -> int:
-        """How many more batches to take now: reads beyond this would only wait in the pool's queue,
-        while the work queue can still merge their domains' new events."""
-        return max(0, self._max_reading - self._reading)
+        """How many more batches to take now: a full group for each free place. Reads beyond that
+        would only wait in the pool's queue, while the work queue can still merge their domains' new
+        events."""
+        return max(0, self._max_groups - self._groups) * GROUP_MAX
 
     def busy(self) -> bool:
         """Some batch is being read or waits for its not-found retry."""
@@ -134,7 +141,8 @@ class Streamer:
         reads = [_Read(owned) for owned in map(self._owned_events, batches) if owned is not None]
         slow = {id(r) for r in reads if not r.batch.events and self._reader.reads_job(r.batch.uuid)}
         fast = [r for r in reads if id(r) not in slow]
-        for group in [*read_groups(fast, self._readers, GROUP_MAX), *([r] for r in reads if id(r) in slow)]:
+        spread = max(1, min(self._readers, self._max_groups - self._groups))
+        for group in [*read_groups(fast, spread, GROUP_MAX), *([r] for r in reads if id(r) in slow)]:
             self._start(group)
 
     def advance(self, results: list[_Read] | None = None) -> None:
@@ -142,6 +150,7 @@ class Streamer:
         ready: list[tuple[Batch, DomainSnapshot | None]] = []
         for read in self._queue.results() if results is None else results:
             self._reading -= 1
+            self._groups -= read.ends_group
             outcome = self._finish(read)
             if outcome is not None:
                 ready.append(outcome)
@@ -167,7 +176,11 @@ class Streamer:
                 self.advance([])
 
     def _start(self, group: list[_Read]) -> None:
+        for read in group:
+            read.ends_group = False
+        group[-1].ends_group = True
         self._reading += len(group)
+        self._groups += 1
         self._read_pool.submit(self._read_task, group)
 
     def _read_task(self, group: list[_Read]) -> None:

@@ -23,6 +23,7 @@ from bridge.agent.publisher import Message, Publisher
 from bridge.agent.snapshot import SnapshotReader, SnapshotRequest, SnapshotResult
 from bridge.agent.state_store import StateStore
 from bridge.agent.work_queue import WorkQueue
+from bridge.core.read_groups import GROUP_MAX
 from bridge.core.version_clock import wall_clock_micros
 from bridge.records import DomainEvent, DomainRecord, HostRecord, HostStatus, RecordKind
 from bridge.serde import DomainTombstone, Payload
@@ -42,11 +43,24 @@ class CountingReader:
         self._reader = reader
         self._lock = threading.Lock()
         self.reads: dict[str, int] = {}
+        self.groups: list[int] = []
+        """The size of each group read, in the order the reads began."""
+        self.permits: threading.Semaphore | None = None
+        """When set, each read waits for a permit from it."""
+        self.waiting = 0
 
     def read_many(self, requests: Sequence[SnapshotRequest]) -> list[SnapshotResult]:
         with self._lock:
+            self.groups.append(len(requests))
             for request in requests:
                 self.reads[request.uuid] = self.reads.get(request.uuid, 0) + 1
+            self.waiting += 1
+        try:
+            if self.permits is not None:
+                assert self.permits.acquire(timeout=10), "a test left the reads held"
+        finally:
+            with self._lock:
+                self.waiting -= 1
         return self._reader.read_many(requests)
 
     def forget(self, uuid: str) -> None:
@@ -316,6 +330,37 @@ def test_a_slow_migration_job_read_holds_up_no_other_domain_s_resync_record(tmp_
         pipeline.stop()
         publisher.stop()
         store.close()
+
+
+@pytest.mark.parametrize("conn", [200], indirect=True)
+def test_a_backlog_is_read_in_full_groups_as_reads_finish_one_by_one(agent, conn):
+    # A limit counted in reads let each finished read take one batch: a burst that began as a
+    # trickle (a read of one domain, then another) went on in groups of one, two round-trips a
+    # domain instead of one and a sixteenth, however long the backlog grew.
+    agent.wait_for_inventory()
+    start = len(agent.reader.groups)
+    permits = agent.reader.permits = threading.Semaphore(0)
+
+    def records() -> int:
+        return sum(1 for _m, p in agent.payloads() if isinstance(p, DomainRecord) and p.events)
+
+    try:
+        for n in (1, 2):  # the trickle: each reader takes one domain
+            agent.event(uuid_of(n), "LIFECYCLE", "SUSPENDED", "PAUSED")
+            wait_until(lambda n=n: agent.reader.waiting == n, what=f"reader {n} busy")
+        for n in range(3, 201):
+            agent.event(uuid_of(n), "LIFECYCLE", "SUSPENDED", "PAUSED")
+        while records() < 200 and len(agent.reader.groups) - start < 60:
+            done = records()
+            permits.release()  # one group's read finishes at a time
+            wait_until(lambda done=done: records() > done or agent.reader.waiting == 0, what="that group's records")
+    finally:
+        permits.release(1000)
+    wait_until(lambda: records() == 200, what="a record per event")
+    groups = agent.reader.groups[start:]
+    assert sum(groups) == 200
+    # 2 trickled singletons, then full groups but for the backlog's tail.
+    assert len(groups) <= 2 + -(-198 // GROUP_MAX) + CONFIG.snapshot_readers, groups
 
 
 # -- the listing's round-trips -----------------------------------------------------------------------------
