@@ -104,6 +104,12 @@ class KafkaCluster(Service):
         self._require_started()
         return self._nodes[i].address
 
+    def node_pid(self, i: int) -> int | None:
+        """The JVM's pid of node ``i``; None while it is stopped."""
+        self._require_started()
+        proc = self._procs.get(i)
+        return None if proc is None else proc.pid
+
     def log_path(self, i: int) -> Path:
         """The stdout/stderr log of node ``i``."""
         self._require_started()

@@ -211,12 +211,15 @@ class BenchEnv:
         self._keep = False
         self._kafka: Any = None
         self._libvirt: Any = None
+        self.broker_warmup: Any = None
+        """The :class:`~tests.bench.broker_warmup.Warmup` of the broker, once Kafka has started."""
 
     @property
     def kafka(self) -> Any:
         """The :class:`~devenv.KafkaCluster`, started on first use.
 
-        Lazily, so a libvirt-only benchmark run first is not measured beside a JVM warming up.
+        Lazily, so a libvirt-only benchmark run first is not measured beside a JVM warming up; and
+        warmed up under load (:mod:`tests.bench.broker_warmup`) before the first benchmark uses it.
         """
         if self._kafka is None:
             if not self.want_kafka:
@@ -227,6 +230,9 @@ class BenchEnv:
             t = time.monotonic()
             self._kafka = self._stack.enter_context(KafkaCluster(self.workdir / "kafka", nodes=1))
             progress(f"kafka up at {self._kafka.bootstrap_servers} in {time.monotonic() - t:.1f}s")
+            from tests.bench.broker_warmup import warm_up  # noqa: PLC0415
+
+            self.broker_warmup = warm_up(self._kafka.bootstrap_servers, self._kafka.node_pid(0))
         return self._kafka
 
     @property
