@@ -33,6 +33,7 @@ With ``LKB_BENCH_PROFILE=1`` the agent's phases are recorded by py-spy into ``be
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -77,6 +78,15 @@ FLOOR_RATES = (100, 1000)
 FLOOR_SECONDS = 3.0
 
 
+PRIMING = 20
+PRIMED_MS = 25.0
+"""A floor measures from PRIMING messages in a row each visible within PRIMED_MS (not counted)."""
+
+
+def _has_records(n: int, tail: TopicTail) -> bool:
+    return bool(tail.records >= n)
+
+
 def _stats(values: list[float]) -> dict[str, Any]:
     return {"p50": percentile(values, 50), "p90": percentile(values, 90), "p99": percentile(values, 99),
             "max": max(values, default=float("nan")), "n": len(values)}
@@ -107,16 +117,28 @@ def _kafka_floor(env: BenchEnv, rate: int) -> dict[str, Any]:
     with TopicTail(env.bootstrap, topic, decode=False) as tail:
         server.start()
         try:
+            # Once the broker holds a dozen topics, the first ~150 ms of traffic to a topic just
+            # created wait up to 140 ms each (seen with and without deletes, fetch waits of 100 and 10
+            # ms): that is the topic's birth, not the floor, and the agent's topics are long made
+            # when it is measured. So messages go one at a time until PRIMING in a row are quick.
+            quick = primed = 0
+            deadline = time.monotonic() + TIMEOUT
+            while quick < PRIMING and time.monotonic() < deadline:
+                sent = now_us()
+                producer.produce(topic, key=keys[primed % POOL], value=f"{sent} {padding}".encode())
+                primed += 1
+                tail.wait(functools.partial(_has_records, primed), TIMEOUT, "a priming message")
+                quick = quick + 1 if tail.seen()[-1].visible_us - sent <= PRIMED_MS * 1000 else 0
             pacer = Pacer(rate)
             for i in range(messages):
                 pacer.wait_turn(i)
                 producer.produce(topic, key=keys[i % POOL], value=f"{now_us()} {padding}".encode())
-            tail.wait(lambda t: t.records >= messages, TIMEOUT, f"{messages} floor messages")
+            tail.wait(lambda t: t.records >= primed + messages, TIMEOUT, f"{messages} floor messages")
         finally:
             stop.set()
             server.join(5)
             producer.flush(10)
-        latencies = [(s.visible_us - int(s.record.split(b" ", 1)[0])) / 1000 for s in tail.seen()]
+        latencies = [(s.visible_us - int(s.record.split(b" ", 1)[0])) / 1000 for s in tail.seen()[primed:]]
     admin.delete_topics([topic])
     return {"rate": rate, **_stats(latencies), "samples_ms": sorted(round(x, 3) for x in latencies)}
 
