@@ -94,7 +94,6 @@ class Streamer:
         if sys.getswitchinterval() > _SWITCH_INTERVAL:
             sys.setswitchinterval(_SWITCH_INTERVAL)
         self._readers = config.snapshot_readers
-        self._reading = 0  # reads handed to the pool and not yet taken back
         self._groups = 0  # groups handed to the pool and not yet taken back
         # A group being read and one waiting per reader: no reader waits for work, and the work queue
         # can still merge new events. Counted in groups, not reads: a limit in reads let each
@@ -127,7 +126,7 @@ class Streamer:
 
     def busy(self) -> bool:
         """Some batch is being read or waits for its not-found retry."""
-        return bool(self._reading or self._parked)
+        return bool(self._groups or self._parked)
 
     def next_due(self) -> float | None:
         """Monotonic time of the earliest parked retry, or None."""
@@ -149,8 +148,8 @@ class Streamer:
         """Take finished reads (and due retries) through version, persistence and produce."""
         ready: list[tuple[Batch, DomainSnapshot | None]] = []
         for read in self._queue.results() if results is None else results:
-            self._reading -= 1
-            self._groups -= read.ends_group
+            if read.ends_group:
+                self._groups -= 1
             outcome = self._finish(read)
             if outcome is not None:
                 ready.append(outcome)
@@ -167,7 +166,7 @@ class Streamer:
         (see :mod:`bridge.agent.pipeline`) holds as it did when a round ran to its end. Cut short when
         the pipeline stops."""
         while self.busy():
-            if self._reading:
+            if self._groups:
                 due = self.next_due()
                 self.advance(self._queue.wait_results(0.1 if due is None else max(0.0, due - time.monotonic())))
             elif self._sleep(max(0.0, (self.next_due() or 0.0) - time.monotonic())):
@@ -179,7 +178,6 @@ class Streamer:
         for read in group:
             read.ends_group = False
         group[-1].ends_group = True
-        self._reading += len(group)
         self._groups += 1
         self._read_pool.submit(self._read_task, group)
 
