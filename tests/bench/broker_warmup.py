@@ -11,13 +11,12 @@ unkeyed plain lines on one) and a consumer reading both, until the compiler thre
 
 from __future__ import annotations
 
-import os
 import time
 import uuid as uuid_mod
 from dataclasses import dataclass
 from typing import Any
 
-from tests.bench import progress, thread_cpu_seconds
+from tests.bench import now_us, proc_cpu_seconds, progress, thread_cpu_seconds
 
 COMPILER_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
 """The kernel names of HotSpot's JIT compiler threads (``comm`` is cut at 15 characters)."""
@@ -48,16 +47,15 @@ def _compiler_seconds(pid: int) -> float:
     return sum(s for name, s in thread_cpu_seconds(pid).values() if name in COMPILER_THREADS)
 
 
-def _broker_seconds(pid: int) -> float:
-    return sum(s for _name, s in thread_cpu_seconds(pid).values())
-
-
 def warm_up(bootstrap: str, broker_pid: int) -> Warmup:
     """Load the broker as the bench will until its JIT compilers are quiet :data:`QUIET_WINDOWS` windows running."""
     from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: PLC0415
     from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
 
     from bridge.agent.publisher import PRODUCER_DEFAULTS  # noqa: PLC0415
+    from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind  # noqa: PLC0415
+    from bridge.serde import RecordCodec, cloud_events  # noqa: PLC0415
+    from tests.bench.bench_rebuild import _XML  # noqa: PLC0415
 
     tag = uuid_mod.uuid4().hex[:6]
     keyed, pipe = f"bench-warmup-keyed-{tag}", f"bench-warmup-pipe-{tag}"
@@ -72,12 +70,17 @@ def warm_up(bootstrap: str, broker_pid: int) -> Warmup:
     consumer: Any = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-warmup-{tag}",
                               "enable.auto.commit": False, "fetch.wait.max.ms": 100, "log_level": 3})
     consumer.assign([TopicPartition(keyed, p, 0) for p in range(3)] + [TopicPartition(pipe, 0, 0)])
-    # Domain XML compresses like text, not like noise: a repeated body with a random part.
-    value = (b"<domain type='test'><name>warmup</name>" + os.urandom(200).hex().encode() + b"</domain>") * 3
+    # One of the agent's own EVENT records, with its CloudEvents headers.
+    uuid, at = str(uuid_mod.uuid4()), now_us()
+    record = DomainRecord(
+        uuid=uuid, name="warmup", host="bench-warmup", version=at, kind=RecordKind.EVENT,
+        agent=AgentInfo(uuid_mod.uuid4().hex, "bench", "9.0.0"), observed_at=at,
+        events=(DomainEvent("LIFECYCLE", at, "DEFINED", "ADDED"),), state="SHUTOFF", reason="UNKNOWN",
+        persistent=True, xml=_XML.format(id=1, name="warmup", uuid=uuid, mem=1048576, vcpu=2, mac="00:00:01",
+                                         port=uuid, vnc=5901))
+    value = RecordCodec().encode_domain(record)
+    headers: list[tuple[str, str | bytes | None]] = list(cloud_events.domain_headers(record))
     keys = [uuid_mod.uuid4().bytes for _ in range(2000)]
-    headers: list[tuple[str, str | bytes | None]] = [
-        ("ce_specversion", b"1.0"), ("ce_type", b"io.libvirt.domain.event"), ("ce_source", b"/bench/warmup"),
-        ("content-type", b"application/avro")]
     line = b"2026-12-02 17:00:00.000+0000: event 'lifecycle' for domain 'warmup': Defined Added"
 
     def send(i: int) -> None:
@@ -93,7 +96,7 @@ def warm_up(bootstrap: str, broker_pid: int) -> Warmup:
     try:
         while True:
             t0 = time.monotonic()
-            c0, b0 = _compiler_seconds(broker_pid), _broker_seconds(broker_pid)
+            c0, b0 = _compiler_seconds(broker_pid), proc_cpu_seconds(broker_pid)
             n = 0
             burst = windows % 2 == 1  # paced windows (small batches) and bursts (full ones) in turn
             while (now := time.monotonic()) - t0 < WINDOW_S:
@@ -107,7 +110,7 @@ def warm_up(bootstrap: str, broker_pid: int) -> Warmup:
             sent += 2 * n
             elapsed = time.monotonic() - t0
             compiler_share = (_compiler_seconds(broker_pid) - c0) / elapsed
-            broker_share = (_broker_seconds(broker_pid) - b0) / elapsed
+            broker_share = (proc_cpu_seconds(broker_pid) - b0) / elapsed
             quiet_windows = quiet_windows + 1 if compiler_share < QUIET else 0
             total = time.monotonic() - started
             if (quiet_windows >= QUIET_WINDOWS and total >= MIN_S) or total >= MAX_S:
