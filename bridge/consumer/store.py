@@ -38,6 +38,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from bridge.consumer.changes import Change, ChangeCause, ChangeType
 from bridge.consumer.position import Offset
@@ -60,9 +61,9 @@ class Outcome(enum.StrEnum):
     """A tombstone for a key the view does not hold."""
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """The outcome of one apply, and the changes to the view it made (in order)."""
+class ApplyResult(NamedTuple):
+    """The outcome of one apply, and the changes to the view it made (in order); a named tuple, as one
+    is made for every record applied."""
 
     outcome: Outcome
     changes: tuple[Change, ...] = ()
