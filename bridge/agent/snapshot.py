@@ -14,7 +14,10 @@ for the GIL when it is back), so the reader keeps them few:
   handed over by the event callback (:meth:`SnapshotReader.offer`), which has one already;
 - the readers take several domains at a time (:meth:`SnapshotReader.read_many`): each one's XML, then
   the state, reason and persistent flag of them all in one ``virDomainListGetStats`` filtered by
-  persistence (:func:`bulk_states`; a second request only when some are transient).
+  persistence (:mod:`bridge.agent.domain_states`; a second request only when some are transient);
+- when domains are likely gone (their events say so, or most of the reader's recent reads found
+  their domains gone, as in a define-undefine churn), the group first asks which of them still
+  exist, in one unfiltered request: a gone domain then costs no XML call of its own.
 
 N domains are N + 1 round-trips (one more for a domain not looked up before); a listing's RESYNC
 record is one, the XML, the rest coming from the listing (:mod:`bridge.agent.listing`). A driver
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeAlias
 
 import libvirt
 
+from bridge.agent.domain_states import bulk_states, existing
 from bridge.agent.domain_xml import xml_active_and_name
 from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.agent.libvirt_session import CONN_ERRORS, ConnectionLost
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
     from bridge.agent.listing import ListedDomain
 
 log = logging.getLogger(__name__)
+
+# Above this share of recent reads finding their domain gone, a group asks which domains exist first.
+_CHURN_SHARE = 0.5
 
 # Errors meaning "this domain does not exist (any more)".
 GONE_ERRORS = {libvirt.VIR_ERR_NO_DOMAIN}
@@ -79,6 +86,9 @@ class SnapshotRequest(NamedTuple):
 
     uuid: str
     for_listing: bool = False
+    likely_gone: bool = False
+    """The events say the domain is gone (see :func:`implies_gone`): whether it still exists is asked
+    first, in one request for the group, and no XML is read of one gone."""
 
 
 SnapshotResult: TypeAlias = DomainSnapshot | libvirt.libvirtError | None
@@ -100,6 +110,7 @@ class SnapshotReader:
         self._handles: dict[str, libvirt.virDomain] = {}
         self._listed: dict[str, ListedDomain] = {}  # the latest listing's, each used by one read at most
         self._bulk_states = True  # False once the driver refused virDomainListGetStats
+        self._gone_share = 0.0  # of the recent groups' reads, how many found the domain gone (decaying)
 
     def forget(self, uuid: str) -> None:
         """Drop the handle of a domain that is gone."""
@@ -161,7 +172,11 @@ class SnapshotReader:
     def _read_many(self, conn: libvirt.virConnect, requests: Sequence[SnapshotRequest]) -> list[SnapshotResult]:
         results: list[SnapshotResult] = [None] * len(requests)
         read: dict[int, tuple[libvirt.virDomain, str, ListedDomain | None]] = {}
-        for i, (uuid, for_listing) in enumerate(requests):
+        gone = self._absent(conn, requests)
+        for i, (uuid, for_listing, _likely_gone) in enumerate(requests):
+            if i in gone:
+                self.forget(uuid)
+                continue
             listed = self._take_listed(conn, uuid) if for_listing else None
             try:
                 dom = self._handle(conn, uuid)
@@ -180,7 +195,7 @@ class SnapshotReader:
                 read.pop(i)
         observed_at = self._now()
         for i, (dom, xml, listed) in read.items():
-            uuid, for_listing = requests[i]
+            uuid, for_listing, _likely_gone = requests[i]
             got = states.get(uuid) if listed is None else (listed.state, listed.reason, listed.persistent)
             if got is None or isinstance(got, libvirt.libvirtError):
                 results[i] = got
@@ -194,7 +209,30 @@ class SnapshotReader:
                 uuid=uuid, name=name if name is not None else dom.name(), state=state_name(state),
                 reason=reason_name(state, reason), active=active if listed is None else listed.active,
                 persistent=bool(persistent), xml=xml, observed_at=observed_at, job=job)
+        found_gone = sum(result is None for result in results)
+        with self._lock:
+            self._gone_share = (self._gone_share + found_gone / len(requests)) / 2
         return results
+
+    def _absent(self, conn: libvirt.virConnect, requests: Sequence[SnapshotRequest]) -> set[int]:
+        """Indexes of the requests whose domains libvirt no longer has, by one unfiltered state request
+        before any XML, for two or more likely gone: those whose events say so or, when most recent
+        reads found their domains gone, all with a handle. A domain the request finds is read in
+        full; one alone is not asked (its XML call is the check)."""
+        with self._lock:
+            churn = self._gone_share >= _CHURN_SHARE
+            held = {i: self._handles.get(r.uuid) for i, r in enumerate(requests)
+                    if (r.likely_gone or churn) and not r.for_listing and self._handles_conn is conn}
+        doms = {i: dom for i, dom in held.items() if dom is not None}
+        if len(doms) < 2 or not self._bulk_states:
+            return set()
+        try:
+            found = existing(conn, list(doms.values()))
+        except libvirt.libvirtError as exc:  # the reads themselves will tell (and flip _bulk_states)
+            if exc.get_error_code() in CONN_ERRORS or not _alive(conn):
+                raise
+            return set()
+        return {i for i in doms if requests[i].uuid not in found}
 
     def _take_listed(self, conn: libvirt.virConnect, uuid: str) -> ListedDomain | None:
         """What the listing read of ``uuid``, if it can stand for the state: the listing knew the flag
@@ -257,22 +295,6 @@ class SnapshotReader:
                 if self._failed(conn, uuid, exc) is not None:
                     out[uuid] = exc
         return out
-
-
-def bulk_states(conn: libvirt.virConnect, doms: list[libvirt.virDomain]) -> dict[str, tuple[int, int, bool]]:
-    """(state, reason, persistent) by UUID of the ``doms`` that exist, in one request (two when some
-    are not persistent): ``virDomainListGetStats`` of the state group, filtered by persistence,
-    skips a domain that does not match or no longer exists (or changed persistence between the two)."""
-    out: dict[str, tuple[int, int, bool]] = {}
-    rest = [(dom.UUIDString(), dom) for dom in doms]
-    for flag, persistent in ((libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_PERSISTENT, True),
-                             (libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_TRANSIENT, False)):
-        for dom, values in conn.domainListGetStats([d for _u, d in rest], libvirt.VIR_DOMAIN_STATS_STATE, flag):
-            out[dom.UUIDString()] = int(values.get("state.state", 0)), int(values.get("state.reason", 0)), persistent
-        rest = [(uuid, dom) for uuid, dom in rest if uuid not in out]
-        if not rest:
-            break
-    return out
 
 
 def _alive(conn: libvirt.virConnect) -> bool:

@@ -184,7 +184,8 @@ class Streamer:
     def _read_task(self, group: list[_Read]) -> None:
         # A listing's record (no events) reads the job too, to check the listing's ownership decision
         # (an incoming domain listed while its migration was prepared reads PAUSED/MIGRATION now).
-        requests = [SnapshotRequest(read.batch.uuid, for_listing=not read.batch.events) for read in group]
+        requests = [SnapshotRequest(read.batch.uuid, for_listing=not read.batch.events,
+                                    likely_gone=implies_gone(read.batch.events)) for read in group]
         started = time.monotonic()
         try:
             results: list[DomainSnapshot | Exception | None] = list(self._reader.read_many(requests))

@@ -3,7 +3,8 @@
 A group is each domain's XML, then one ``virDomainListGetStats`` filtered by persistence (a second one
 for the transient domains). Its state, reason, flags and XML must be what libvirt's per-domain calls
 (``state``, ``isPersistent``, ``isActive``, ``XMLDesc``) say of the same domains, with the test driver
-and with QEMU, and a domain gone before its read must read as gone.
+and with QEMU, and a domain gone before its read must read as gone, also when it is asked about
+before any XML (its events say it is gone, or most recent reads found their domains gone).
 """
 
 from __future__ import annotations
@@ -73,6 +74,36 @@ def test_a_group_reads_what_libvirt_says_of_each_domain_with_the_test_driver(lib
         assert got == want
         assert [w[3] for w in want] == [True, True, True, False], "both filters were needed"
         assert [s.name for s in results if isinstance(s, DomainSnapshot)] == [d.name() for d in doms]
+    finally:
+        remove_domains(test_conn, prefix)
+
+
+def test_domains_likely_gone_read_as_gone_or_in_full_as_libvirt_has_them(libvirt_host, test_conn, read_only):
+    prefix = unique_name("gone")
+    undefined = test_conn.defineXML(xml_for_test_driver(f"{prefix}-undefined"))
+    running = test_conn.defineXML(xml_for_test_driver(f"{prefix}-running"))
+    running.create()
+    churned = [test_conn.defineXML(xml_for_test_driver(f"{prefix}-churn{n}")) for n in range(4)]
+    kept = test_conn.defineXML(xml_for_test_driver(f"{prefix}-kept"))
+    try:
+        reader = SnapshotReader(_Session(read_only), wall_clock_micros)
+        uuids = [d.UUIDString() for d in (undefined, running, *churned, kept)]
+        assert all(reader.read(u) is not None for u in uuids)  # handles held, as the event callback hands them
+        undefined.undefine()
+        running.undefine()  # still running: transient now, not gone
+        gone, still = reader.read_many([SnapshotRequest(u, likely_gone=True) for u in uuids[:2]])
+        assert gone is None
+        assert isinstance(still, DomainSnapshot) and _as_read(still) == _as_libvirt_says(running)
+        assert not still.persistent
+
+        # A churn: most reads find their domain gone, so a group of events that do not say so (each
+        # domain's DEFINED) is asked about first too; what exists still reads as libvirt has it.
+        for dom in churned:
+            dom.undefine()
+        assert reader.read_many([SnapshotRequest(u) for u in uuids[2:4]]) == [None, None]
+        *churn, there = reader.read_many([SnapshotRequest(u) for u in uuids[4:]])
+        assert churn == [None, None]
+        assert isinstance(there, DomainSnapshot) and _as_read(there) == _as_libvirt_says(kept)
     finally:
         remove_domains(test_conn, prefix)
 

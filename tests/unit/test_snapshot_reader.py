@@ -1,7 +1,8 @@
 """The snapshot reader's grouped reads over a scripted host, and how the streamer cuts groups.
 
 Each read of a group is its domain's XML, then the group's states and persistent flags come in one
-``domainListGetStats`` filtered by persistence (a second for transient domains). The same reads
+``domainListGetStats`` filtered by persistence (a second for transient domains); domains likely gone
+are first asked about in one unfiltered request. The same reads
 against a real libvirtd are in ``tests/integration/test_snapshot_reader.py``.
 """
 
@@ -97,6 +98,52 @@ def test_a_domain_whose_persistence_flips_between_the_two_state_requests_is_read
     assert isinstance(one, DomainSnapshot) and one.persistent
     assert isinstance(two, DomainSnapshot) and two.persistent, "in neither filtered answer, yet there: not a delete"
     assert [conn.count("state", uuid_of(n)) for n in (1, 2)] == [0, 1], "only the left-out one is asked alone"
+
+
+def test_domains_the_events_say_are_gone_are_asked_about_together_and_cost_no_xml_when_gone():
+    reader, conn, _ = _reader(FakeDomain(uuid_of(1), "undefined"), FakeDomain(uuid_of(2), "removed"),
+                              FakeDomain(uuid_of(3), "undefined while running"), FakeDomain(uuid_of(4), "other"))
+    for n in (1, 2, 3, 4):
+        reader.read(uuid_of(n))  # handles held, as the event callback hands them over
+    conn.remove(uuid_of(1))
+    conn.remove(uuid_of(2))
+    conn.lookupByUUIDString(uuid_of(3)).persistent = False
+    asked, asked_four = conn.count("domainListGetStats"), conn.count("domainListGetStats", uuid_of(4))
+    requests = [SnapshotRequest(uuid_of(n), likely_gone=True) for n in (1, 2, 3)] + [SnapshotRequest(uuid_of(4))]
+    one, two, three, four = reader.read_many(requests)
+    assert one is None and two is None
+    assert isinstance(three, DomainSnapshot) and not three.persistent, "still there: read in full"
+    assert isinstance(four, DomainSnapshot) and four.persistent
+    assert [conn.count("XMLDesc", uuid_of(n)) for n in (1, 2, 3, 4)] == [1, 1, 2, 2], "no XML call for the gone"
+    # One existence check (unfiltered), then the group's states (persistent, then transient for the rest).
+    assert conn.count("domainListGetStats") - asked == 3
+    assert conn.count("domainListGetStats", uuid_of(4)) - asked_four == 1, "not likely gone: not checked first"
+
+    alone = reader.read_many([SnapshotRequest(uuid_of(4), likely_gone=True)])
+    assert isinstance(alone[0], DomainSnapshot), "one alone: its XML call is the check"
+    assert conn.count("domainListGetStats") - asked == 4
+
+
+def test_while_most_reads_find_their_domain_gone_a_group_asks_which_exist_before_any_xml():
+    # A define-undefine churn: the DEFINED event's read finds the domain gone before its UNDEFINED comes.
+    reader, conn, _ = _reader(*(FakeDomain(uuid_of(n), f"vm{n}") for n in range(1, 10)))
+    for n in range(1, 10):
+        reader.read(uuid_of(n))  # handles held, as the event callback hands them over
+    for n in range(1, 7):
+        conn.remove(uuid_of(n))
+    assert reader.read_many(_requests(1, 2)) == [None, None]  # two failed XML calls: half of the recent reads
+    xml, asked = [conn.count("XMLDesc", uuid_of(n)) for n in range(3, 8)], conn.count("domainListGetStats")
+    *gone, there = reader.read_many(_requests(3, 4, 5, 6, 7))
+    assert gone == [None] * 4 and isinstance(there, DomainSnapshot)
+    assert [conn.count("XMLDesc", uuid_of(n)) - x for n, x in zip(range(3, 8), xml, strict=True)] == [0, 0, 0, 0, 1], \
+        "only the domain that exists had its XML read"
+    assert conn.count("domainListGetStats") - asked == 2, "the existence check, then the states"
+
+    # The domains exist again (a define burst): the gone share decays, and the check with it.
+    assert all(isinstance(r, DomainSnapshot) for r in reader.read_many(_requests(7, 8)))
+    asked = conn.count("domainListGetStats")
+    assert all(isinstance(r, DomainSnapshot) for r in reader.read_many(_requests(8, 9)))
+    assert conn.count("domainListGetStats") - asked == 1, "the states only"
 
 
 def test_an_xml_error_is_that_read_s_result_and_a_broken_connection_fails_the_group():
