@@ -48,6 +48,7 @@ from tests.bench import (
     thread_cpu_seconds,
     unique_topics,
 )
+from tests.bench.cpu_window import CpuWindow
 
 NAME = "agent_throughput"
 TITLE = "agent end to end throughput"
@@ -60,8 +61,10 @@ WARMUP_CHURN = 1000
 WARMUP_BURST = 500
 
 
-def _wait_phase(name: str, agent: Any, tail: TopicTail, expected: int, gen: Any, events_before: int) -> dict[str, Any]:
-    """Wait until ``expected`` more events are visible; the generator's summary."""
+def _wait_phase(name: str, agent: Any, tail: TopicTail, expected: int, gen: Any, events_before: int,
+                cpu: CpuWindow) -> dict[str, Any]:
+    """Wait until ``expected`` more events are visible (``cpu`` stopped once the generator is done); the
+    generator's summary."""
     try:
         next_report = time.monotonic() + 5
 
@@ -74,6 +77,8 @@ def _wait_phase(name: str, agent: Any, tail: TopicTail, expected: int, gen: Any,
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + 5
                 progress(f"{NAME}: {name}: {t.events - events_before}/{expected} events visible")
+            if gen.proc.poll() is not None:
+                cpu.stop()
             return t.events - events_before >= expected
 
         tail.wait(done, TIMEOUT, f"{expected} events of phase {name}", check=check)
@@ -93,8 +98,9 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
     t0 = time.monotonic()
     progress(f"{NAME}: {name}: generator {mode} -> {expected} events")
     gen = start_generator(mode, uri, prefix, **options)
+    busy = CpuWindow({"agent": pid, "libvirtd": daemon})
     with profiled(pid, f"throughput-{name.replace(' ', '-')}"):
-        summary = _wait_phase(name, agent, tail, expected, gen, events_before)
+        summary = _wait_phase(name, agent, tail, expected, gen, events_before, busy)
     elapsed = time.monotonic() - t0
     cpu = proc_cpu_seconds(pid) - cpu0
     daemon_cpu = proc_cpu_seconds(daemon) - daemon_cpu0
@@ -119,11 +125,13 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
         "libvirtd_cpu_pct": round(100 * daemon_cpu / elapsed, 1),
         "generator_cpu_pct": round(100 * summary["cpu_s"] / summary["seconds"], 1),
         "agent_thread_cpu_s": thread_cpu_delta(pid, threads0),
+        "while_generating": busy.summary(),
     }
     progress(f"{NAME}: {name}: {len(events)} events in {len(records)} records over {window:.2f}s "
              f"({out['events_per_s']:,.0f} events/s; generator {out['generator_calls_per_s']:,.0f} calls/s; "
              f"CPU: agent {out['agent_cpu_pct']:.0f}%, libvirtd {out['libvirtd_cpu_pct']:.0f}%, generator "
-             f"{out['generator_cpu_pct']:.0f}%); kinds {out['record_kinds']}; agent threads' CPU s "
+             f"{out['generator_cpu_pct']:.0f}%; box {out['while_generating']['box_busy_cores']:.2f} cores busy "
+             f"while generating); kinds {out['record_kinds']}; agent threads' CPU s "
              f"{out['agent_thread_cpu_s']}")
     return out
 
@@ -141,6 +149,7 @@ def _peer_phase(env: BenchEnv, name: str, peer: PeerPipe, expected: int, mode: s
     before = len(tail.seen())
     progress(f"{NAME}: peer {name}: generator {mode} -> {expected} events")
     gen = start_generator(mode, env.test_uri, prefix, **options)
+    busy = CpuWindow({"libvirtd": env.libvirtd_pid() or 0})
     try:
         last_count, last_change = 0, time.monotonic()
 
@@ -150,6 +159,8 @@ def _peer_phase(env: BenchEnv, name: str, peer: PeerPipe, expected: int, mode: s
             if n != last_count:
                 last_count, last_change = n, time.monotonic()
             finished = gen.proc.poll() is not None
+            if finished:
+                busy.stop()
             return n >= expected or (finished and time.monotonic() - last_change > QUIET_S)
 
         def check() -> None:
@@ -166,9 +177,12 @@ def _peer_phase(env: BenchEnv, name: str, peer: PeerPipe, expected: int, mode: s
     window = (last_visible - first_event) / 1e6
     out = {"events": len(lines), "expected": expected, "lost": expected - len(lines), "window_s": round(window, 3),
            "events_per_s": len(lines) / window, "lag_after_last_call_s": (last_visible - summary["end_us"]) / 1e6,
-           "generator": summary, "generator_calls_per_s": round(summary["ops"] / summary["seconds"], 1)}
+           "generator": summary, "generator_calls_per_s": round(summary["ops"] / summary["seconds"], 1),
+           "while_generating": busy.summary()}
     progress(f"{NAME}: peer {name}: {len(lines)}/{expected} events over {window:.2f}s "
-             f"({out['events_per_s']:,.0f} events/s; generator {out['generator_calls_per_s']:,.0f} calls/s)")
+             f"({out['events_per_s']:,.0f} events/s; generator {out['generator_calls_per_s']:,.0f} calls/s; "
+             f"libvirtd {out['while_generating']['libvirtd_cpu_pct']:.0f}%, box "
+             f"{out['while_generating']['box_busy_cores']:.2f} cores busy while generating)")
     return out
 
 

@@ -9,6 +9,9 @@ confluent_kafka Producer (the agent's producer settings), then, in the same run 
 2. ``informer``: :class:`bridge.consumer.Informer` starts on the topic (and an empty hosts topic) and
    is timed until ``wait_for_sync()`` returns, with the view checked to hold every domain.
 
+Both (and the raw pass with fastavro's generic reader) run :data:`ROUNDS` times, interleaved; the
+fastest of each counts, and every pass's rate is kept in the details.
+
 ``python -m tests.bench.bench_rebuild``
 """
 
@@ -29,6 +32,9 @@ DOMAINS = 20_000
 VERSIONS = 5
 PARTITIONS = 3
 TIMEOUT = 240.0
+ROUNDS = 2
+"""Each pass runs this many times, interleaved, and the fastest of each counts: a first pass over the
+freshly written topic was once slowed by the broker to 35,000 records/s where later ones read 55,000."""
 
 _XML = """<domain type='kvm' id='{id}'>
   <name>{name}</name>
@@ -233,9 +239,16 @@ def run(env: BenchEnv, domains: int = DOMAINS, versions: int = VERSIONS) -> Benc
                                               "partitions": PARTITIONS})
     domains_topic, hosts_topic = unique_topics(NAME)
     produced = _produce(env, domains_topic, hosts_topic, domains, versions)
-    raw = _raw_consume(env, domains_topic, total)
-    generic = _raw_consume(env, domains_topic, total, generic=True)
-    informer = _informer(env, domains_topic, hosts_topic, total, domains)
+    passes: dict[str, list[dict[str, Any]]] = {"raw": [], "raw_fastavro": [], "informer": []}
+    for _ in range(ROUNDS):
+        passes["raw"].append(_raw_consume(env, domains_topic, total))
+        passes["raw_fastavro"].append(_raw_consume(env, domains_topic, total, generic=True))
+        informer = _informer(env, domains_topic, hosts_topic, total, domains)
+        if informer is None:
+            break
+        passes["informer"].append(informer)
+    raw, generic = (max(passes[k], key=lambda p: p["records_per_s"]) for k in ("raw", "raw_fastavro"))
+    informer = max(passes["informer"], key=lambda p: p["records_per_s"]) if passes["informer"] else None
     result.add("rebuild_raw_records_per_s", "rebuild: raw consume + decode", raw["records_per_s"], "records/s",
                f"a bare consumer reads {total:,} DomainRecords (~{produced['avg_value_bytes']} B each, zstd) from the "
                "beginning of 3 partitions and decodes each with RecordCodec: the floor for a Python reader")
@@ -247,14 +260,16 @@ def run(env: BenchEnv, domains: int = DOMAINS, versions: int = VERSIONS) -> Benc
     else:
         result.add("rebuild_informer_records_per_s", "rebuild: Informer sync", informer["records_per_s"],
                    "records/s", f"Informer.start() -> wait_for_sync() returned, {total:,} records into a view of "
-                   f"{domains:,} domains (same topic, same run, after the raw pass)")
+                   f"{domains:,} domains (same topic, same run; the fastest of {ROUNDS} passes, interleaved with "
+                   "the raw ones)")
         result.add("rebuild_informer_vs_raw", "rebuild: Informer / raw",
                    informer["records_per_s"] / raw["records_per_s"], "ratio",
                    "Informer sync records/s divided by raw consume + decode records/s (1.0 = no overhead)")
         result.add("rebuild_informer_vs_raw_fastavro", "rebuild: Informer / raw fastavro",
                    informer["records_per_s"] / generic["records_per_s"], "ratio",
                    "Informer sync records/s divided by raw consume + fastavro decode records/s")
-    result.details = {"produce": produced, "raw": raw, "raw_fastavro": generic, "informer": informer}
+    result.details = {"produce": produced, "raw": raw, "raw_fastavro": generic, "informer": informer,
+                      "passes_records_per_s": {k: [round(p["records_per_s"]) for p in v] for k, v in passes.items()}}
     return result
 
 
