@@ -268,6 +268,11 @@ class BenchEnv:
 
         try:
             if self.want_libvirt:
+                import libvirt  # noqa: PLC0415
+
+                # The benchmarks' own calls raise their errors; libvirt's default handler would also
+                # print each (10,000 "Domain not found" lines from one cleanup).
+                libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
                 progress("starting an isolated libvirtd ...")
                 t = time.monotonic()
                 self._libvirt = self._stack.enter_context(LibvirtHost(self.workdir / "libvirt", name="bench"))
