@@ -15,13 +15,16 @@ for the GIL when it is back), so the reader keeps them few:
 - the readers take several domains at a time (:meth:`SnapshotReader.read_many`): each one's XML, then
   the state, reason and persistent flag of them all in one ``virDomainListGetStats`` filtered by
   persistence (:mod:`bridge.agent.domain_states`; a second request only when some are transient);
-- when domains are likely gone (their events say so, or most of the reader's recent reads found
-  their domains gone, as in a define-undefine churn), the group first asks which of them still
-  exist, in one unfiltered request: a gone domain then costs no XML call of its own.
+- when two or more domains of a group are likely gone (their events say so, or most of the
+  reader's recent reads found their domains gone, as in a define-undefine churn), the group first
+  asks which of them still exist, in one unfiltered request: a gone domain then costs no XML call.
 
-N domains are N + 1 round-trips (one more for a domain not looked up before); a listing's RESYNC
-record is one, the XML, the rest coming from the listing (:mod:`bridge.agent.listing`). A driver
-without ``virDomainListGetStats`` is asked each domain's state and flag instead.
+N domains are N + 1 round-trips (one more for a domain not looked up before, one more for the
+existence check); a listing's RESYNC record is one, the XML, the rest coming from the listing
+(:mod:`bridge.agent.listing`). A driver without ``virDomainListGetStats`` is asked each domain's state
+and flag instead. The existence check stops for good at the first read libvirt refuses with "access
+denied": access rules that let the agent see a domain but not read it (polkit ``domain:getattr``
+without ``domain:read``) also leave it out of that request's answer, where it would look gone.
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Above this share of recent reads finding their domain gone, a group asks which domains exist first.
+# Above this share of recent reads finding their domain gone, a group asks which domains exist first;
+# each read's weight in the share decays by _SHARE_DECAY per read after it (about the last ten count).
 _CHURN_SHARE = 0.5
+_SHARE_DECAY = 0.9
 
 # Errors meaning "this domain does not exist (any more)".
 GONE_ERRORS = {libvirt.VIR_ERR_NO_DOMAIN}
@@ -87,8 +92,8 @@ class SnapshotRequest(NamedTuple):
     uuid: str
     for_listing: bool = False
     likely_gone: bool = False
-    """The events say the domain is gone (see :func:`implies_gone`): whether it still exists is asked
-    first, in one request for the group, and no XML is read of one gone."""
+    """The events say the domain is gone (see :func:`implies_gone`): with another such request in the
+    group, whether it still exists is asked first (module doc), and no XML is read of one gone."""
 
 
 SnapshotResult: TypeAlias = DomainSnapshot | libvirt.libvirtError | None
@@ -105,12 +110,13 @@ class SnapshotReader:
     def __init__(self, session: Session, now: Clock) -> None:
         self._session = session
         self._now = now
-        self._lock = threading.Lock()  # guards the three fields below (the reader threads share them)
+        self._lock = threading.Lock()  # guards the fields below (the reader threads share them)
         self._handles_conn: libvirt.virConnect | None = None
         self._handles: dict[str, libvirt.virDomain] = {}
         self._listed: dict[str, ListedDomain] = {}  # the latest listing's, each used by one read at most
         self._bulk_states = True  # False once the driver refused virDomainListGetStats
-        self._gone_share = 0.0  # of the recent groups' reads, how many found the domain gone (decaying)
+        self._check_first = True  # False once a read was refused access, or the existence check failed
+        self._gone_reads = self._all_reads = 0.0  # recent reads, and those that found the domain gone (decaying)
 
     def forget(self, uuid: str) -> None:
         """Drop the handle of a domain that is gone."""
@@ -152,8 +158,9 @@ class SnapshotReader:
         return result
 
     def read_many(self, requests: Sequence[SnapshotRequest]) -> list[SnapshotResult]:
-        """The domains' snapshots, in the order asked: each XML first, then the state, reason and
-        persistent flag of them all in one ``virDomainListGetStats`` (two when some are transient).
+        """The domains' snapshots, in the order asked: each XML, then the state, reason and persistent
+        flag of them all in one ``virDomainListGetStats`` (two when some are transient); before the
+        XML, for domains likely gone, which of them exist (module doc).
 
         A ``for_listing`` read takes the listing's state, reason, active and persistent flags, with
         the XML read now: a RESYNC record shows the domain as listed, and any change since is an
@@ -209,10 +216,14 @@ class SnapshotReader:
                 uuid=uuid, name=name if name is not None else dom.name(), state=state_name(state),
                 reason=reason_name(state, reason), active=active if listed is None else listed.active,
                 persistent=bool(persistent), xml=xml, observed_at=observed_at, job=job)
-        found_gone = sum(result is None for result in results)
-        with self._lock:
-            self._gone_share = (self._gone_share + found_gone / len(requests)) / 2
+        self._count_gone(sum(result is None for result in results), len(requests))
         return results
+
+    def _count_gone(self, gone: int, reads: int) -> None:
+        decay = _SHARE_DECAY ** reads
+        with self._lock:
+            self._gone_reads = self._gone_reads * decay + gone
+            self._all_reads = self._all_reads * decay + reads
 
     def _absent(self, conn: libvirt.virConnect, requests: Sequence[SnapshotRequest]) -> set[int]:
         """Indexes of the requests whose domains libvirt no longer has, by one unfiltered state request
@@ -220,19 +231,28 @@ class SnapshotReader:
         reads found their domains gone, all with a handle. A domain the request finds is read in
         full; one alone is not asked (its XML call is the check)."""
         with self._lock:
-            churn = self._gone_share >= _CHURN_SHARE
+            if not (self._check_first and self._bulk_states):
+                return set()
+            churn = self._gone_reads > _CHURN_SHARE * self._all_reads
             held = {i: self._handles.get(r.uuid) for i, r in enumerate(requests)
                     if (r.likely_gone or churn) and not r.for_listing and self._handles_conn is conn}
         doms = {i: dom for i, dom in held.items() if dom is not None}
-        if len(doms) < 2 or not self._bulk_states:
+        if len(doms) < 2:
             return set()
         try:
             found = existing(conn, list(doms.values()))
-        except libvirt.libvirtError as exc:  # the reads themselves will tell (and flip _bulk_states)
+        except libvirt.libvirtError as exc:
             if exc.get_error_code() in CONN_ERRORS or not _alive(conn):
                 raise
+            self._stop_checking_first(f"libvirt refused it: {exc.get_error_message()}")
             return set()
         return {i for i in doms if requests[i].uuid not in found}
+
+    def _stop_checking_first(self, why: str) -> None:
+        with self._lock:
+            was, self._check_first = self._check_first, False
+        if was:
+            log.info("no longer asking which domains exist before reading them (%s)", why)
 
     def _take_listed(self, conn: libvirt.virConnect, uuid: str) -> ListedDomain | None:
         """What the listing read of ``uuid``, if it can stand for the state: the listing knew the flag
@@ -262,6 +282,9 @@ class SnapshotReader:
         if code in GONE_ERRORS:
             self.forget(uuid)
             return None
+        if code == libvirt.VIR_ERR_ACCESS_DENIED:
+            # Access rules may hide domains from the existence check too (module doc).
+            self._stop_checking_first(f"reading {uuid} was refused: {exc.get_error_message()}")
         if code in CONN_ERRORS or not _alive(conn):
             raise exc
         return exc

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
+from bridge.agent.domain_states import existing
 from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.agent.snapshot import DomainSnapshot, SnapshotReader, SnapshotRequest
 from bridge.core.version_clock import wall_clock_micros
@@ -108,6 +109,25 @@ def test_domains_likely_gone_read_as_gone_or_in_full_as_libvirt_has_them(libvirt
         remove_domains(test_conn, prefix)
 
 
+def test_the_existence_check_leaves_out_exactly_the_gone_domains_with_the_test_driver(libvirt_host, test_conn,
+                                                                                     read_only):
+    # What the reader's fakes assume of virDomainListGetStats without a filter: a gone domain is left
+    # out silently, not an error, and every domain that exists is answered, transient or not.
+    prefix = unique_name("exists")
+    gone = test_conn.defineXML(xml_for_test_driver(f"{prefix}-gone"))
+    running = test_conn.defineXML(xml_for_test_driver(f"{prefix}-running"))
+    running.create()
+    shut_off = test_conn.defineXML(xml_for_test_driver(f"{prefix}-off"))
+    transient = test_conn.createXML(xml_for_test_driver(f"{prefix}-transient"))
+    try:
+        doms = [read_only.lookupByUUIDString(d.UUIDString()) for d in (gone, running, shut_off, transient)]
+        gone.undefine()
+        running.undefine()  # still running: transient now
+        assert existing(read_only, doms) == {d.UUIDString() for d in (running, shut_off, transient)}
+    finally:
+        remove_domains(test_conn, prefix)
+
+
 @pytest.mark.qemu
 def test_a_group_reads_what_libvirt_says_of_each_domain_with_qemu(libvirt_host, tmp_path):
     conn = libvirt.open(libvirt_host.qemu_uri)
@@ -124,6 +144,9 @@ def test_a_group_reads_what_libvirt_says_of_each_domain_with_qemu(libvirt_host, 
         assert [_as_read(r) if isinstance(r, DomainSnapshot) else r for r in results] == \
             [_as_libvirt_says(d) for d in doms]
         assert [r.persistent for r in results if isinstance(r, DomainSnapshot)] == [True, False, False]
+        handles = [read_only.lookupByUUIDString(d.UUIDString()) for d in doms]
+        shut_off.undefine()
+        assert existing(read_only, handles) == {transient.UUIDString(), paused.UUIDString()}, "only the gone left out"
     finally:
         remove_domains(conn, prefix)
         with contextlib.suppress(libvirt.libvirtError):

@@ -126,24 +126,47 @@ def test_domains_the_events_say_are_gone_are_asked_about_together_and_cost_no_xm
 
 def test_while_most_reads_find_their_domain_gone_a_group_asks_which_exist_before_any_xml():
     # A define-undefine churn: the DEFINED event's read finds the domain gone before its UNDEFINED comes.
-    reader, conn, _ = _reader(*(FakeDomain(uuid_of(n), f"vm{n}") for n in range(1, 10)))
-    for n in range(1, 10):
-        reader.read(uuid_of(n))  # handles held, as the event callback hands them over
-    for n in range(1, 7):
+    reader, conn, _ = _reader(*(FakeDomain(uuid_of(n), f"vm{n}") for n in range(1, 13)))
+    assert reader.read(uuid_of(12)) is not None
+    for n in range(1, 12):
+        reader.offer(conn, uuid_of(n), conn.lookupByUUIDString(uuid_of(n)))  # as the event callback does
+    for n in range(1, 11):
         conn.remove(uuid_of(n))
-    assert reader.read_many(_requests(1, 2)) == [None, None]  # two failed XML calls: half of the recent reads
-    xml, asked = [conn.count("XMLDesc", uuid_of(n)) for n in range(3, 8)], conn.count("domainListGetStats")
-    *gone, there = reader.read_many(_requests(3, 4, 5, 6, 7))
+    asked = conn.count("domainListGetStats")
+    assert reader.read_many(_requests(1, 2)) == [None, None]  # no check first: recent reads found theirs
+    assert conn.count("domainListGetStats") == asked
+    group = (3, 4, 5, 6, 11)
+    xml, asked = [conn.count("XMLDesc", uuid_of(n)) for n in group], conn.count("domainListGetStats")
+    *gone, there = reader.read_many(_requests(*group))  # two of the last three reads found theirs gone
     assert gone == [None] * 4 and isinstance(there, DomainSnapshot)
-    assert [conn.count("XMLDesc", uuid_of(n)) - x for n, x in zip(range(3, 8), xml, strict=True)] == [0, 0, 0, 0, 1], \
+    assert [conn.count("XMLDesc", uuid_of(n)) - x for n, x in zip(group, xml, strict=True)] == [0, 0, 0, 0, 1], \
         "only the domain that exists had its XML read"
     assert conn.count("domainListGetStats") - asked == 2, "the existence check, then the states"
 
     # The domains exist again (a define burst): the gone share decays, and the check with it.
-    assert all(isinstance(r, DomainSnapshot) for r in reader.read_many(_requests(7, 8)))
+    for _ in range(5):
+        assert all(isinstance(r, DomainSnapshot) for r in reader.read_many(_requests(11, 12)))
     asked = conn.count("domainListGetStats")
-    assert all(isinstance(r, DomainSnapshot) for r in reader.read_many(_requests(8, 9)))
+    assert all(isinstance(r, DomainSnapshot) for r in reader.read_many(_requests(11, 12)))
     assert conn.count("domainListGetStats") - asked == 1, "the states only"
+
+
+def test_a_read_refused_access_ends_the_existence_checks_whose_answer_access_rules_would_filter():
+    reader, conn, _ = _reader(*(FakeDomain(uuid_of(n), f"vm{n}") for n in (1, 2, 3)))
+    for n in (1, 2, 3):
+        reader.read(uuid_of(n))
+    hidden = conn.lookupByUUIDString(uuid_of(3))
+    denied = libvirt_error(libvirt.VIR_ERR_ACCESS_DENIED, "access denied: 'domain:read'")
+
+    def refused(flags: int = 0) -> str:
+        raise denied
+
+    hidden.XMLDesc = refused  # type: ignore[method-assign]
+    assert reader.read_many(_requests(3)) == [denied], "retried, never read as gone"
+    asked = conn.count("domainListGetStats")
+    one, two = reader.read_many([SnapshotRequest(uuid_of(n), likely_gone=True) for n in (1, 2)])
+    assert isinstance(one, DomainSnapshot) and isinstance(two, DomainSnapshot)
+    assert conn.count("domainListGetStats") - asked == 1, "no existence check any more: the states only"
 
 
 def test_an_xml_error_is_that_read_s_result_and_a_broken_connection_fails_the_group():
