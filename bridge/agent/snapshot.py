@@ -42,6 +42,7 @@ from bridge.agent.domain_xml import xml_active_and_name
 from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.agent.libvirt_session import CONN_ERRORS, ConnectionLost
 from bridge.agent.migration_job import migration_job, paused_for_migration
+from bridge.core.gone_share import GoneShare
 from bridge.core.ownership import ListedJob
 from bridge.core.version_clock import Clock
 from bridge.records import DomainEvent
@@ -50,11 +51,6 @@ if TYPE_CHECKING:
     from bridge.agent.listing import ListedDomain
 
 log = logging.getLogger(__name__)
-
-# Above this share of recent reads finding their domain gone, a group asks which domains exist first;
-# each read's weight in the share decays by _SHARE_DECAY per read after it (about the last ten count).
-_CHURN_SHARE = 0.5
-_SHARE_DECAY = 0.9
 
 # Errors meaning "this domain does not exist (any more)".
 GONE_ERRORS = {libvirt.VIR_ERR_NO_DOMAIN}
@@ -116,7 +112,7 @@ class SnapshotReader:
         self._listed: dict[str, ListedDomain] = {}  # the latest listing's, each used by one read at most
         self._bulk_states = True  # False once the driver refused virDomainListGetStats
         self._check_first = True  # False once a read was refused access, or the existence check failed
-        self._gone_reads = self._all_reads = 0.0  # recent reads, and those that found the domain gone (decaying)
+        self._gone_share = GoneShare()  # high in a churn: check which domains exist first
 
     def forget(self, uuid: str) -> None:
         """Drop the handle of a domain that is gone."""
@@ -216,14 +212,9 @@ class SnapshotReader:
                 uuid=uuid, name=name if name is not None else dom.name(), state=state_name(state),
                 reason=reason_name(state, reason), active=active if listed is None else listed.active,
                 persistent=bool(persistent), xml=xml, observed_at=observed_at, job=job)
-        self._count_gone(sum(result is None for result in results), len(requests))
-        return results
-
-    def _count_gone(self, gone: int, reads: int) -> None:
-        decay = _SHARE_DECAY ** reads
         with self._lock:
-            self._gone_reads = self._gone_reads * decay + gone
-            self._all_reads = self._all_reads * decay + reads
+            self._gone_share.add(sum(result is None for result in results), len(requests))
+        return results
 
     def _absent(self, conn: libvirt.virConnect, requests: Sequence[SnapshotRequest]) -> set[int]:
         """Indexes of the requests whose domains libvirt no longer has, by one unfiltered state request
@@ -233,7 +224,7 @@ class SnapshotReader:
         with self._lock:
             if not (self._check_first and self._bulk_states):
                 return set()
-            churn = self._gone_reads > _CHURN_SHARE * self._all_reads
+            churn = self._gone_share.high
             held = {i: self._handles.get(r.uuid) for i, r in enumerate(requests)
                     if (r.likely_gone or churn) and not r.for_listing and self._handles_conn is conn}
         doms = {i: dom for i, dom in held.items() if dom is not None}
