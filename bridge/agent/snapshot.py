@@ -176,7 +176,8 @@ class SnapshotReader:
         results: list[SnapshotResult] = [None] * len(requests)
         read: dict[int, tuple[libvirt.virDomain, str, ListedDomain | None]] = {}
         gone = self._absent(conn, requests)
-        for i, (uuid, for_listing, _likely_gone) in enumerate(requests):
+        for i, request in enumerate(requests):
+            uuid, for_listing = request.uuid, request.for_listing
             if i in gone:
                 self.forget(uuid)
                 continue
@@ -198,7 +199,7 @@ class SnapshotReader:
                 read.pop(i)
         observed_at = self._now()
         for i, (dom, xml, listed) in read.items():
-            uuid, for_listing, _likely_gone = requests[i]
+            uuid, for_listing = requests[i].uuid, requests[i].for_listing
             got = states.get(uuid) if listed is None else (listed.state, listed.reason, listed.persistent)
             if got is None or isinstance(got, libvirt.libvirtError):
                 results[i] = got
