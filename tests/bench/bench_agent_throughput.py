@@ -38,7 +38,6 @@ from tests.bench import (
     PeerPipe,
     TopicTail,
     main_one,
-    proc_cpu_seconds,
     proc_status_kib,
     profiled,
     progress,
@@ -94,16 +93,14 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
     pid = agent.proc.pid
     daemon = env.libvirtd_pid() or 0
     seen_before, events_before = len(tail.seen()), tail.events
-    cpu0, threads0, daemon_cpu0 = proc_cpu_seconds(pid), thread_cpu_seconds(pid), proc_cpu_seconds(daemon)
-    t0 = time.monotonic()
+    threads0 = thread_cpu_seconds(pid)
+    whole = CpuWindow({"agent": pid, "libvirtd": daemon})  # to the last record; ``busy``: while generating
     progress(f"{NAME}: {name}: generator {mode} -> {expected} events")
     gen = start_generator(mode, uri, prefix, **options)
     busy = CpuWindow({"agent": pid, "libvirtd": daemon})
     with profiled(pid, f"throughput-{name.replace(' ', '-')}"):
         summary = _wait_phase(name, agent, tail, expected, gen, events_before, busy)
-    elapsed = time.monotonic() - t0
-    cpu = proc_cpu_seconds(pid) - cpu0
-    daemon_cpu = proc_cpu_seconds(daemon) - daemon_cpu0
+    cpu = whole.summary()
     seen = tail.seen()[seen_before:]
     records = [s for s in seen if s.record is not None]
     events = [e for s in records for e in s.record.events]
@@ -121,8 +118,8 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
         "events_per_record_histogram": {str(k): v for k, v in
                                         sorted(Counter(len(s.record.events) for s in records).items())},
         "events_elided": sum(s.record.events_elided for s in records),
-        "agent_cpu_s": round(cpu, 2), "agent_cpu_pct": 100 * cpu / elapsed,
-        "libvirtd_cpu_pct": round(100 * daemon_cpu / elapsed, 1),
+        "agent_cpu_s": cpu["agent_cpu_s"], "agent_cpu_pct": cpu["agent_cpu_pct"],
+        "libvirtd_cpu_pct": cpu["libvirtd_cpu_pct"],
         "generator_cpu_pct": round(100 * summary["cpu_s"] / summary["seconds"], 1),
         "agent_thread_cpu_s": thread_cpu_delta(pid, threads0),
         "while_generating": busy.summary(),

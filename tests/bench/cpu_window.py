@@ -37,7 +37,8 @@ class CpuWindow:
                          {name: proc_cpu_seconds(pid) for name, pid in self._pids.items()})
 
     def summary(self) -> dict[str, float]:
-        """``box_busy_cores`` (of ``os.cpu_count()``), ``<name>_cpu_pct`` per process and the window's length."""
+        """``box_busy_cores`` (of ``os.cpu_count()``), ``<name>_cpu_s`` and ``<name>_cpu_pct`` per process, and
+        the window's length."""
         self.stop()
         assert self._end is not None
         t1, box1, procs1 = self._end
@@ -45,5 +46,6 @@ class CpuWindow:
         out = {"window_s": round(span, 3), "box_busy_cores": round((box1 - self._box0) / span, 2),
                "cores": float(os.cpu_count() or 1)}
         for name, before in self._procs0.items():
+            out[f"{name}_cpu_s"] = round(procs1[name] - before, 2)
             out[f"{name}_cpu_pct"] = round(100 * (procs1[name] - before) / span, 1)
         return out
