@@ -1,4 +1,4 @@
-"""Every partition of some topics, and their high watermarks: what a reader assigns and syncs to."""
+"""Every partition of some topics, and their watermarks: where a reader starts, and what it syncs to."""
 
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ def list_partitions(consumer: Any, topics: Iterable[str], timeout: float,
     return out
 
 
-def high_watermarks(consumer: Any, partitions: Iterable[tuple[str, int]], timeout: float,
-                    settings: Mapping[str, Any]) -> dict[tuple[str, int], int]:
-    """The brokers' high watermark of each partition, asked now (not cached)."""
-    targets: dict[tuple[str, int], int] = {}
+def watermarks(consumer: Any, partitions: Iterable[tuple[str, int]], timeout: float,
+               settings: Mapping[str, Any]) -> dict[tuple[str, int], tuple[int, int]]:
+    """The brokers' (low, high) watermarks of each partition, asked now (not cached)."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
     for topic, partition in partitions:
         try:
             marks = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
@@ -51,8 +51,14 @@ def high_watermarks(consumer: Any, partitions: Iterable[tuple[str, int]], timeou
             raise NotReady(f"cannot read offsets of {topic}[{partition}]: {error_text(exc, settings)}") from None
         if marks is None:
             raise NotReady(f"timed out reading offsets of {topic}[{partition}]")
-        targets[(topic, partition)] = int(marks[1])
-    return targets
+        out[(topic, partition)] = (int(marks[0]), int(marks[1]))
+    return out
+
+
+def high_watermarks(consumer: Any, partitions: Iterable[tuple[str, int]], timeout: float,
+                    settings: Mapping[str, Any]) -> dict[tuple[str, int], int]:
+    """The brokers' high watermark of each partition, asked now (not cached)."""
+    return {key: high for key, (_, high) in watermarks(consumer, partitions, timeout, settings).items()}
 
 
 def cached_high_watermarks(consumer: Any, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:

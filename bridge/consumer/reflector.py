@@ -23,7 +23,7 @@ import uuid as uuid_mod
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from bridge.consumer.batch import (
     ConsumedMessage,
@@ -33,7 +33,7 @@ from bridge.consumer.batch import (
     ReflectorCounters,
     Sink,
 )
-from bridge.consumer.partitions import NotReady, cached_high_watermarks, high_watermarks, list_partitions
+from bridge.consumer.partitions import NotReady, cached_high_watermarks, list_partitions, watermarks
 from bridge.consumer.position import Offset, Position
 from bridge.consumer.read_errors import ErrorReport
 from bridge.errors import DecodeError, UserError
@@ -175,7 +175,7 @@ class Reflector:
             try:
                 partitions = list_partitions(self._consumer, self._topics, timeout, self._settings,
                                              optional=self._optional)
-                self._targets = high_watermarks(self._consumer, partitions, timeout, self._settings)
+                marks = watermarks(self._consumer, partitions, timeout, self._settings)
             except NotReady as exc:
                 self._set_error(str(exc))
                 self._serve_callbacks()
@@ -185,8 +185,13 @@ class Reflector:
                 backoff = min(backoff * 2, self._max_backoff)
                 timeout = min(timeout * 2, self._request_timeout)
                 continue
+            self._targets = {key: high for key, (_, high) in marks.items()}
+            # From the low watermark just read, not OFFSET_BEGINNING: librdkafka would look that up per
+            # partition, and an empty partition found first is fetched alone, its fetch waiting out
+            # fetch.wait.max.ms (0.5 s) before the others join; a log start that moved since is
+            # handled by auto.offset.reset=earliest.
             self._consumer.assign([
-                TopicPartition(t, p, self._next.get((t, p), OFFSET_BEGINNING)) for t, p in partitions
+                TopicPartition(t, p, self._next.get((t, p), marks[(t, p)][0])) for t, p in partitions
             ])
             self._set_error(None)
             self._connected = True

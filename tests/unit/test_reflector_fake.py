@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from confluent_kafka import KafkaError
 
+from bridge.consumer.position import Position
 from bridge.consumer.reflector import PollBatch, Reflector
 from bridge.records import DomainRecord
 from devenv import wait_until
@@ -51,10 +52,11 @@ def put_domain(consumer: FakeConsumer, record: DomainRecord, partition: int = 0)
 
 
 @contextmanager
-def reading(consumer: FakeConsumer, batch_size: int = 500) -> Iterator[tuple[Reflector, Batches]]:
+def reading(consumer: FakeConsumer, batch_size: int = 500,
+            start: Position | None = None) -> Iterator[tuple[Reflector, Batches]]:
     sink = Batches()
     reflector = Reflector({}, CODEC, domains_topic=DOMAINS, hosts_topic=HOSTS, sink=sink, batch_size=batch_size,
-                          poll_timeout=0.01, consumer_factory=consumer.factory)
+                          start=start, poll_timeout=0.01, consumer_factory=consumer.factory)
     stop = threading.Event()
     thread = threading.Thread(target=reflector.run, args=(stop,), daemon=True)
     thread.start()
@@ -98,6 +100,22 @@ def test_empty_topics_are_synced_at_once():
     assert first.synced
     assert first.messages == ()
     assert consumer.assigned is not None and len(consumer.assigned) == 2
+
+
+def test_partitions_are_assigned_at_their_low_watermark_or_the_start_position():
+    # Concrete offsets, never OFFSET_BEGINNING: librdkafka would look each up on its own, and an
+    # empty partition found first would be fetched alone, waiting out fetch.wait.max.ms.
+    consumer = fake_topics(domain_partitions=2)
+    put_domain(consumer, domain(1, 5), partition=0)
+    put_domain(consumer, domain(2, 6), partition=0)
+    consumer.skip(DOMAINS, 1, 4)  # its log starts at 4 (retention took 0-3)
+    put_domain(consumer, domain(3, 7), partition=1)
+
+    with reading(consumer, start=Position({(DOMAINS, 0): 1})) as (_reflector, sink):
+        sink.wait_for(lambda b: b.synced)
+
+    assert sorted(consumer.assigned or []) == [(DOMAINS, 0, 1), (DOMAINS, 1, 4), (HOSTS, 0, 0)]
+    assert sorted((m.source.partition, m.source.offset) for b in sink.all for m in b.messages) == [(0, 1), (1, 4)]
 
 
 def test_undecodable_bytes_are_counted_and_skipped_and_the_position_still_advances():
