@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from bridge.consumer.changes import Change
-from bridge.consumer.position import Position, TopicPartition
+from bridge.consumer.position import Offset, Position, TopicPartition
 from bridge.errors import BridgeError
 
 
@@ -25,7 +25,7 @@ class ChangeHistory:
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
-        self._changes: deque[Change] = deque()
+        self._changes: deque[tuple[Offset, Change]] = deque()  # each with its source
         self._capacity = capacity
         # Per partition, one past the newest offset of a change that fell out of the ring: a position
         # below it would miss that change.
@@ -33,15 +33,15 @@ class ChangeHistory:
 
     def extend(self, changes: Iterable[Change]) -> None:
         ring = self._changes
-        ring.extend([c for c in changes if c.source is not None])  # only message-caused changes replay
+        ring.extend([(c.source, c) for c in changes if c.source is not None])  # only message-caused ones replay
         surplus = len(ring) - self._capacity
-        dropped = self._dropped
-        for _ in range(max(0, surplus)):
-            gone = ring.popleft().source
-            assert gone is not None
-            key = (gone.topic, gone.partition)
-            if dropped.get(key, 0) <= gone.offset:
-                dropped[key] = gone.offset + 1
+        if surplus <= 0:
+            return
+        popleft = ring.popleft
+        gone = [popleft()[0] for _ in range(surplus)]
+        # Changes come in each partition's offset order, so the last one dropped per partition is its
+        # newest: a comprehension keeps it, with no per-change comparison.
+        self._dropped.update({(s.topic, s.partition): s.offset + 1 for s in gone})
 
     def since(self, position: Position) -> list[Change]:
         """Every retained change that ``position`` does not cover; raises PositionExpired if some
@@ -52,7 +52,7 @@ class ChangeHistory:
                     f"changes after {topic}[{partition}]@{position.next_offset(topic, partition)} "
                     f"are no longer retained; list again"
                 )
-        return [c for c in self._changes if c.source is not None and not position.covers(c.source)]
+        return [c for source, c in self._changes if not position.covers(source)]
 
     def __len__(self) -> int:
         return len(self._changes)

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from bridge.consumer.changes import Change, ChangeCause, ChangeType
+from bridge.consumer.changes import Change, ChangeCause, ChangeType, new_change
 from bridge.consumer.position import Offset
 from bridge.records import DomainRecord, HostRecord, HostStatus, RecordKind
 
@@ -69,6 +69,7 @@ class ApplyResult(NamedTuple):
     changes: tuple[Change, ...] = ()
 
 
+_new_tuple = tuple.__new__  # a named tuple's own __new__ is a Python function
 _OLDER = ApplyResult(Outcome.OLDER)
 _NO_OP = ApplyResult(Outcome.NO_OP)
 _APPLIED = ApplyResult(Outcome.APPLIED)
@@ -120,24 +121,31 @@ class Store:
 
     def apply_domain(self, record: DomainRecord, source: Offset | None = None) -> ApplyResult:
         """Apply a DomainRecord from the domains topic."""
+        changes: list[Change] = []
+        outcome = self.take_domain(record, source, changes)
+        return _new_tuple(ApplyResult, (outcome, tuple(changes)))
+
+    def take_domain(self, record: DomainRecord, source: Offset | None, changes: list[Change]) -> Outcome:
+        """:meth:`apply_domain`, appending its changes to ``changes``: the reader's way, which spares
+        a result object per record."""
         uuid = record.uuid
         held = self._domains.get(uuid)
         seen = held.version if held is not None else self._graveyard.get(uuid)
         if seen is not None and record.version <= seen:
-            return _OLDER
+            return Outcome.OLDER
         if record.kind is RecordKind.DELETED:
-            changes = self._remove(uuid, record.version, ChangeCause.DELETED, source)
-            return ApplyResult(Outcome.APPLIED, changes)
+            changes.extend(self._remove(uuid, record.version, ChangeCause.DELETED, source))
+            return Outcome.APPLIED
         listing = self._listings.get(record.host)
         if listing is not None and listing.lists_away(record):
-            changes = self._remove(uuid, record.version, ChangeCause.INVENTORY, source)
-            return ApplyResult(Outcome.LISTED_AWAY, changes)
-        self._put(record)
+            changes.extend(self._remove(uuid, record.version, ChangeCause.INVENTORY, source))
+            return Outcome.LISTED_AWAY
+        self._put(record, held)
         if held is None:
-            change = Change(ChangeType.ADDED, uuid, None, record, ChangeCause.RECORD, source)
+            changes.append(new_change(ChangeType.ADDED, uuid, None, record, ChangeCause.RECORD, source))
         else:
-            change = Change(ChangeType.UPDATED, uuid, held, record, ChangeCause.RECORD, source)
-        return ApplyResult(Outcome.APPLIED, (change,))
+            changes.append(new_change(ChangeType.UPDATED, uuid, held, record, ChangeCause.RECORD, source))
+        return Outcome.APPLIED
 
     def apply_tombstone(self, uuid: str, source: Offset | None = None) -> ApplyResult:
         """Apply a tombstone (null value) for a domain key."""
@@ -247,13 +255,22 @@ class Store:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _put(self, record: DomainRecord) -> None:
-        held = self._domains.get(record.uuid)
-        if held is not None and held.host != record.host:
+    def _put(self, record: DomainRecord, held: DomainRecord | None = None) -> None:
+        """Hold ``record``; ``held`` is the record it replaces, if the caller already looked it up."""
+        uuid = record.uuid
+        if held is None:
+            held = self._domains.get(uuid)
+        self._domains[uuid] = record
+        if held is not None and held.host == record.host:
+            return  # the common update: indexed under its host already, and never in the graveyard
+        if held is not None:
             self._unindex(held)
-        self._domains[record.uuid] = record
-        self._by_host.setdefault(record.host, set()).add(record.uuid)
-        self._graveyard.pop(record.uuid, None)
+        uuids = self._by_host.get(record.host)
+        if uuids is None:
+            self._by_host[record.host] = {uuid}
+        else:
+            uuids.add(uuid)
+        self._graveyard.pop(uuid, None)
 
     def _remove(
         self, uuid: str, version: int, cause: ChangeCause, source: Offset | None
@@ -264,7 +281,7 @@ class Store:
         if held is None:
             return ()
         self._unindex(held)
-        return (Change(ChangeType.DELETED, uuid, held, None, cause, source),)
+        return (new_change(ChangeType.DELETED, uuid, held, None, cause, source),)
 
     def _unindex(self, record: DomainRecord) -> None:
         uuids = self._by_host.get(record.host)

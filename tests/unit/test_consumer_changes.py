@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.consumer import Change, ChangeCause, ChangeType, Offset, Position, PositionExpired
 from bridge.consumer.changes import ChangeQueue
@@ -81,3 +83,33 @@ def test_history_replays_after_a_position_until_it_has_dropped_what_that_needs()
         h.since(Position())
     assert [c.source.offset for c in h.since(Position({("t", 0): 1})) if c.source] == [1, 2]
     assert h.since(Position({("t", 0): 3})) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(0, 6),
+       batches=st.lists(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), max_size=5), max_size=8),
+       probe=st.lists(st.integers(0, 30), min_size=3, max_size=3))
+def test_history_since_is_exactly_the_uncovered_changes_or_expired_when_one_was_dropped(capacity, batches, probe):
+    # Each message's changes in its partition's offset order (the offset steps 0-2 ahead, 0 = the same
+    # message); the model keeps every change and knows which ones the ring dropped.
+    h = ChangeHistory(capacity)
+    every: list[Change] = []
+    offsets = [0, 0, 0]
+    for batch in batches:
+        made = []
+        for partition, step in batch:
+            offsets[partition] += step
+            made.append(Change(ChangeType.ADDED, U1, None, rec(U1, 1), ChangeCause.RECORD,
+                               Offset("t", partition, offsets[partition])))
+        h.extend(made)
+        every.extend(made)
+    kept = every[len(every) - min(capacity, len(every)):]
+    dropped = every[:len(every) - len(kept)]
+    position = Position({("t", p): probe[p] for p in range(3)})
+    missed = [c for c in dropped if c.source is not None and not position.covers(c.source)]
+    if missed:
+        with pytest.raises(PositionExpired):
+            h.since(position)
+    else:
+        assert h.since(position) == [c for c in kept if c.source is not None and not position.covers(c.source)]
+    assert len(h) == len(kept)
