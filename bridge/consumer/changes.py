@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from bridge.consumer.position import Offset, Position
 from bridge.records import DomainRecord
+from bridge.slot_builder import slot_builder
 
 
 class ChangeType(enum.StrEnum):
@@ -60,26 +61,9 @@ class Change:
         return record
 
 
-_SET_FIELDS = tuple(getattr(Change, f).__set__ for f in ("type", "uuid", "old", "new", "cause", "source"))
-
-
-def new_change(kind: ChangeType, uuid: str, old: DomainRecord | None, new: DomainRecord | None,
-               cause: ChangeCause, source: Offset | None) -> Change:
-    """``Change(kind, uuid, old, new, cause, source)`` at half the cost, for the reader, which makes one
-    per record: it fills the slots directly, where the frozen dataclass's ``__init__`` goes through
-    ``object.__setattr__`` once per field."""
-    change = _new_object(Change)
-    set_type, set_uuid, set_old, set_new, set_cause, set_source = _SET_FIELDS
-    set_type(change, kind)
-    set_uuid(change, uuid)
-    set_old(change, old)
-    set_new(change, new)
-    set_cause(change, cause)
-    set_source(change, source)
-    return change
-
-
-_new_object = object.__new__
+new_change = slot_builder(Change)
+"""``Change(type, uuid, old, new, cause, source)`` at half the cost, for the reader, which makes one
+per record (all six fields given)."""
 
 
 def merge(first: Change, then: Change) -> Change | None:

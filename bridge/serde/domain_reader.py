@@ -18,6 +18,7 @@ from collections.abc import Hashable
 
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
+from bridge.slot_builder import slot_builder
 
 _KINDS = (RecordKind.EVENT, RecordKind.RESYNC, RecordKind.DELETED)  # the enum's symbols, in order
 _MAX_AGENTS = 100_000
@@ -25,6 +26,8 @@ _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 _CONTINUED = 0x8080808080808080  # the continuation bits of 8 varint bytes, read little-endian
 _EIGHT_BYTES = 0x0080808080808080  # set in the first 7 bytes, clear in the 8th
 _intern = sys.intern
+_new_record = slot_builder(DomainRecord)  # every field given, in the dataclass's order
+_new_event = slot_builder(DomainEvent)
 
 
 class _Malformed(Exception):
@@ -128,8 +131,8 @@ def _events(buf: bytes, pos: int) -> tuple[tuple[DomainEvent, ...], int]:
                     data[key], pos = _str(buf, pos)
                 entries, pos = _block_count(buf, pos)
             received_at, pos = _long(buf, pos)
-            events.append(DomainEvent(_intern(event_id), received_at, type_ and _intern(type_),
-                                      detail and _intern(detail), data))
+            events.append(_new_event(_intern(event_id), received_at, type_ and _intern(type_),
+                                     detail and _intern(detail), data))
         count, pos = _block_count(buf, pos)
     return tuple(events), pos
 
@@ -198,9 +201,9 @@ class DomainRecordReader:
         resync_id, pos = _opt_str(buf, pos)
         # The few distinct hosts, states, reasons and resync ids are interned: a view of 100,000
         # domains would otherwise hold 100,000 copies of "RUNNING".
-        return DomainRecord(uuid, name, _intern(host), version, _KINDS[kind], agent, observed_at, events,
-                            elided, state and _intern(state), reason and _intern(reason), active, persistent, xml,
-                            resync_id and _intern(resync_id))
+        return _new_record(uuid, name, _intern(host), version, _KINDS[kind], agent, observed_at, events,
+                           elided, state and _intern(state), reason and _intern(reason), active, persistent, xml,
+                           resync_id and _intern(resync_id))
 
     def _agent(self, raw: bytes) -> AgentInfo:
         agent = self._agents.get(raw)
