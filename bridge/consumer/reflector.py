@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import uuid as uuid_mod
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -120,7 +121,9 @@ class Reflector:
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
-            "error_cb": self._on_client_error,
+            # Weakly: the client holding this reader's method would make a cycle that keeps a stopped
+            # informer's view (through the sink) until the cyclic collector's next full pass.
+            "error_cb": _weakly(self._on_client_error),
             # At DEBUG: a down broker logs a burst of lines per second, and what matters already
             # reaches the error callback, last_error and one warning.
             "logger": librdkafka_logger("reader", max_level=logging.DEBUG),
@@ -306,6 +309,16 @@ class Reflector:
 
     def _set_error(self, message: str | None, kind: object = None) -> None:
         self._errors.report(message, kind)
+
+
+def _weakly(method: Callable[[KafkaError], None]) -> Callable[[KafkaError], None]:
+    ref = weakref.WeakMethod(method)
+
+    def call(err: KafkaError) -> None:
+        live = ref()
+        if live is not None:
+            live(err)
+    return call
 
 
 def _short(key: bytes | None) -> bytes | None:
