@@ -7,7 +7,8 @@ changes to the same domain merged (level-triggered, like DeltaFIFO,
 arrives, even in the same fetch, is merged with it. Each handler
 registration has a thread of its own, so a slow handler delays only itself.
 
-``_lock`` guards ``_live``, ``_awaiting_sync``, ``_registrations``, ``_closed`` and ``handler_errors``.
+``_lock`` guards ``_live``, ``_awaiting_sync``, ``_registrations``, ``_closed``, ``_failure`` and
+``handler_errors``.
 The view's lock is always taken first when both are held (:meth:`Fanout.publish` runs inside
 :meth:`bridge.consumer.view.View.apply`).
 """
@@ -35,9 +36,9 @@ OnDelete = Callable[[DomainRecord], None]
 class Fanout:
     """The readers of one informer's view and what is queued for each."""
 
-    def __init__(self, view: View, failure: Callable[[], BaseException | None], name: str) -> None:
+    def __init__(self, view: View, name: str) -> None:
         self._view = view
-        self._failure = failure
+        self._failure: BaseException | None = None
         self._name = name
         self._lock = threading.Lock()
         self._live: list[ChangeQueue] = []
@@ -125,10 +126,14 @@ class Fanout:
         for registration in registrations:
             registration.start()
 
-    def close(self, timeout: float) -> None:
-        """End every reader: iterators stop, handler threads finish their current call."""
+    def close(self, timeout: float, failure: BaseException | None = None) -> None:
+        """End every reader: iterators stop (raising ``failure``'s error if the reader failed; kept
+        for good, so a watch that outlives its informer still says why), handler threads finish their
+        current call."""
         with self._lock:
             self._closed = True
+            if failure is not None:
+                self._failure = failure
             queues = [*self._live, *self._awaiting_sync]
             self._live.clear()
             self._awaiting_sync.clear()
@@ -146,7 +151,8 @@ class Fanout:
                 into.append(queue)
 
     def failure(self) -> BaseException | None:
-        return self._failure()
+        with self._lock:
+            return self._failure
 
 
 class Watch:

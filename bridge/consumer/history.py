@@ -38,10 +38,13 @@ class ChangeHistory:
         if surplus <= 0:
             return
         popleft = ring.popleft
-        gone = [popleft()[0] for _ in range(surplus)]
-        # Changes come in each partition's offset order, so the last one dropped per partition is its
-        # newest: a comprehension keeps it, with no per-change comparison.
-        self._dropped.update({(s.topic, s.partition): s.offset + 1 for s in gone})
+        dropped = self._dropped
+        # The highest, not the last: a partition replayed from a lower offset (after a log truncation)
+        # can put an older offset after a newer one.
+        for topic, partition, offset in [popleft()[0] for _ in range(surplus)]:
+            key = (topic, partition)
+            if dropped.get(key, 0) <= offset:
+                dropped[key] = offset + 1
 
     def since(self, position: Position) -> list[Change]:
         """Every retained change that ``position`` does not cover; raises PositionExpired if some

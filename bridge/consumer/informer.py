@@ -19,7 +19,6 @@ import enum
 import functools
 import logging
 import threading
-import weakref
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -90,11 +89,10 @@ class Informer:
             position = resume.position
         self._start_position = position
         self._view = View(store, position, history, clock)
-        # The fan-out and the reader reach this informer weakly or not at all: dropped once stopped, it
-        # is freed at once with its view, not left to the cyclic collector, whose full passes over a
+        # Neither the fan-out nor the reader refers back to this informer: dropped once stopped, it is
+        # freed at once with its view, not left to the cyclic collector, whose full passes over a
         # 100,000-domain view took a tenth of the next informer's sync in the same process.
-        me = weakref.ref(self)
-        self._fanout = Fanout(self._view, lambda: _failure_of(me), settings.domains_topic)
+        self._fanout = Fanout(self._view, settings.domains_topic)
         self._lock = threading.Lock()
         self._lifecycle = Lifecycle.NEW
         self._stop = threading.Event()
@@ -287,12 +285,7 @@ class Informer:
             with self._lock:
                 self._failure = exc
             self._view.wake()
-            self._fanout.close(0)
-
-
-def _failure_of(informer: weakref.ref[Informer]) -> BaseException | None:
-    live = informer()
-    return None if live is None else live.failure
+            self._fanout.close(0, failure=exc)
 
 
 def _reader_failed(failure: BaseException) -> ConsumerError:

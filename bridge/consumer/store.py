@@ -112,9 +112,11 @@ class Store:
         store = cls(stale_after_intervals)
         for host in hosts.values():
             store.apply_host(host)
+        # The graveyard first: a put clears a domain's entry, which keeps held and deleted apart even
+        # for a snapshot that lists a domain as both (later updates rely on that).
+        store._graveyard.update(graveyard)
         for record in domains.values():
             store._put(record)
-        store._graveyard.update(graveyard)
         return store
 
     # -- applying messages -------------------------------------------------------------------------

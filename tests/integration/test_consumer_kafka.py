@@ -500,7 +500,8 @@ def test_a_stopped_informer_and_its_view_are_freed_without_the_cyclic_collector(
         with informer:
             assert informer.wait_for_sync(SYNC_TIMEOUT), informer.last_error
             assert len(informer.list().domains) == 3
-        refs = [weakref.ref(informer), weakref.ref(informer._view), weakref.ref(informer._reflector)]
+        refs: list[weakref.ref[Any]] = [weakref.ref(informer), weakref.ref(informer._view),
+                                        weakref.ref(informer._reflector)]
         del informer
         assert [r() is None for r in refs] == [True, True, True], "kept alive by a cycle"
     finally:

@@ -482,3 +482,15 @@ def test_a_heartbeat_before_any_host_record_makes_a_live_host_without_a_listing(
     assert store.hosts()["hv2"].listed_at is None and store.get(U1) is not None
     assert not store.is_host_stale("hv2", 6 * SECOND)
     assert store.prune_graveyard(6 * SECOND) == 0, "a live host that never listed blocks pruning"
+
+
+def test_a_restored_domain_is_held_not_deleted_even_if_the_snapshot_lists_it_as_both():
+    # A hand-built or merged Snapshot can; an update must not leave the stale graveyard entry behind,
+    # where it would later skip a re-creation whose version lies below it.
+    u = "00000000-0000-4000-8000-00000000000a"
+    store = Store.restore({u: domain(u, 5)}, {}, graveyard={u: 9})
+    assert store.graveyard() == {}
+    store.apply_domain(domain(u, 6))
+    store.apply_domain(domain(u, 7, kind=RecordKind.DELETED))
+    assert store.apply_domain(domain(u, 8)).outcome is Outcome.APPLIED
+    assert store.get(u) is not None

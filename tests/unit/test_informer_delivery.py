@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka import KafkaError
 
-from bridge.consumer import ChangeType, Informer, KafkaSettings
+from bridge.consumer import ChangeType, ConsumerError, Informer, KafkaSettings, Watch
 from bridge.consumer.changes import Change
 from bridge.records import DomainRecord
 from devenv import wait_until
@@ -145,3 +149,27 @@ def test_lag_is_reported_per_partition_and_is_zero_once_caught_up(log, informer)
     assert informer.wait_for_sync(5)
     wait_for(lambda: informer.lag() and set(informer.lag().values()) == {0}, 5, "caught-up lag")
     assert set(informer.lag()) == set(informer.position), "one figure per partition read"
+
+
+def test_a_watch_says_the_reader_failed_even_once_nothing_else_holds_its_informer(log, caplog):
+    # Nothing refers back to an informer (so a dropped one is freed at once): the failure must reach
+    # its watches by the fan-out itself, or a watch that outlives it would end as if stopped.
+    write(log, domain(1, 10))
+
+    def watch_alone() -> tuple[Watch, weakref.ref[Informer]]:
+        informer = Informer(KafkaSettings(domains_topic=DOMAINS, hosts_topic=HOSTS), codec=CODEC,
+                            consumer_factory=log.factory)
+        informer.start()
+        assert informer.wait_for_sync(5)
+        return informer.changes(timeout=10), weakref.ref(informer)
+
+    # Its error line would hold the failure, and through its traceback the informer, in pytest's capture.
+    caplog.set_level(logging.CRITICAL, logger="bridge.consumer.informer")
+    watch, informer = watch_alone()
+    log.inject_error(KafkaError._FATAL, fatal=True)
+    wait_until(lambda: (live := informer()) is None or live.failure is not None, timeout=5,
+               what="the reader to fail", interval=0.01)
+    gc.collect()  # what held the informer only through a cycle (its failure's traceback) is gone now
+    with pytest.raises(ConsumerError, match="stopped reading"):
+        for _ in watch:
+            pass
