@@ -54,6 +54,8 @@ def test_the_agents_clocks_are_offset_as_configured(env: FleetEnv) -> None:
     wait_for(lambda: all(len(v) >= 3 for v in _offsets_seen(env).values()) and len(_offsets_seen(env)) == 3,
              30, "three heartbeats from every host")
     for host, diffs in _offsets_seen(env).items():
-        median = sorted(diffs)[len(diffs) // 2]
-        # The Kafka timestamp is whole milliseconds, taken within a millisecond of heartbeat_at.
-        assert abs(median - CLOCK_OFFSETS_MS[host]) < 5, (host, median, CLOCK_OFFSETS_MS[host])
+        # The Kafka timestamp is whole milliseconds, taken when the heartbeat is produced: a delay
+        # after heartbeat_at (a busy box; a CI run once saw 11 ms while the fleet started) only makes
+        # a sample lower, so the highest is the one closest to the offset itself.
+        best = max(diffs)
+        assert abs(best - CLOCK_OFFSETS_MS[host]) < 5, (host, best, sorted(diffs), CLOCK_OFFSETS_MS[host])
