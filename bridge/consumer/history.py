@@ -41,7 +41,8 @@ class ChangeHistory:
         dropped = self._dropped
         # The highest, not the last: a partition replayed from a lower offset (after a log truncation)
         # can put an older offset after a newer one.
-        for topic, partition, offset in [popleft()[0] for _ in range(surplus)]:
+        for _ in range(surplus):
+            topic, partition, offset = popleft()[0]
             key = (topic, partition)
             if dropped.get(key, 0) <= offset:
                 dropped[key] = offset + 1

@@ -69,7 +69,6 @@ class ApplyResult(NamedTuple):
     changes: tuple[Change, ...] = ()
 
 
-_new_tuple = tuple.__new__  # a named tuple's own __new__ is a Python function
 _OLDER = ApplyResult(Outcome.OLDER)
 _NO_OP = ApplyResult(Outcome.NO_OP)
 _APPLIED = ApplyResult(Outcome.APPLIED)
@@ -116,7 +115,7 @@ class Store:
         # for a snapshot that lists a domain as both (later updates rely on that).
         store._graveyard.update(graveyard)
         for record in domains.values():
-            store._put(record)
+            store._put(record, store._domains.get(record.uuid))
         return store
 
     # -- applying messages -------------------------------------------------------------------------
@@ -125,7 +124,7 @@ class Store:
         """Apply a DomainRecord from the domains topic."""
         changes: list[Change] = []
         outcome = self.take_domain(record, source, changes)
-        return _new_tuple(ApplyResult, (outcome, tuple(changes)))
+        return ApplyResult(outcome, tuple(changes))
 
     def take_domain(self, record: DomainRecord, source: Offset | None, changes: list[Change]) -> Outcome:
         """:meth:`apply_domain`, appending its changes to ``changes``: the reader's way, which spares
@@ -257,11 +256,9 @@ class Store:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _put(self, record: DomainRecord, held: DomainRecord | None = None) -> None:
-        """Hold ``record``; ``held`` is the record it replaces, if the caller already looked it up."""
+    def _put(self, record: DomainRecord, held: DomainRecord | None) -> None:
+        """Hold ``record`` in place of ``held``, the record the view held for its UUID (None: none)."""
         uuid = record.uuid
-        if held is None:
-            held = self._domains.get(uuid)
         self._domains[uuid] = record
         if held is not None and held.host == record.host:
             return  # the common update: indexed under its host already, and never in the graveyard

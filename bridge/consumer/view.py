@@ -18,14 +18,15 @@ from typing import TypeVar
 
 from bridge.consumer.changes import Change, ChangeCause, ChangeType
 from bridge.consumer.history import ChangeHistory
-from bridge.consumer.position import Position
+from bridge.consumer.position import Offset, Position
 from bridge.consumer.reflector import PollBatch
 from bridge.consumer.snapshot import Snapshot
 from bridge.consumer.store import ApplyResult, Outcome, Store
 from bridge.records import DomainRecord, HostRecord
-from bridge.serde import DomainTombstone, Heartbeat, HostTombstone
+from bridge.serde import DomainTombstone, Heartbeat, HostTombstone, Payload
 
 T = TypeVar("T")
+_NO_OP = ApplyResult(Outcome.NO_OP)  # a heartbeat topic's tombstone: it forgets nothing
 
 Clock = Callable[[], int]
 """Microseconds since the epoch."""
@@ -41,14 +42,6 @@ class ViewCounters:
     """Domain records not newer than a version already seen: duplicates or out of order."""
     listed_away: int = 0
     """Domain records their host's latest inventory had already listed away."""
-
-    def count(self, outcome: Outcome) -> None:
-        if outcome is Outcome.APPLIED:
-            self.applied += 1
-        elif outcome is Outcome.OLDER:
-            self.skipped_older += 1
-        elif outcome is Outcome.LISTED_AWAY:
-            self.listed_away += 1
 
 
 class View:
@@ -79,31 +72,17 @@ class View:
             for payload, source in batch.messages:
                 if isinstance(payload, DomainRecord):  # nearly every message: no result object made
                     outcome = take_domain(payload, source, changes)
-                    if outcome is Outcome.APPLIED:
-                        applied += 1
-                    elif outcome is Outcome.OLDER:
-                        older += 1
-                    else:
-                        listed_away += 1
-                    continue
-                if isinstance(payload, DomainTombstone):
-                    result = self._store.apply_tombstone(payload.uuid, source)
-                elif isinstance(payload, HostRecord):
-                    result = self._store.apply_host(payload, source)
-                    hosts_changed = True
-                elif isinstance(payload, Heartbeat):
-                    if payload.record is None:
-                        result = ApplyResult(Outcome.NO_OP)
-                    else:
-                        # No prune after it: a heartbeat moves no listing, and a host it revives only
-                        # lowers the horizon.
-                        result = self._store.apply_heartbeat(payload.record)
                 else:
-                    assert isinstance(payload, HostTombstone)
-                    result = self._store.apply_host_tombstone(payload.host, source)
-                    hosts_changed = True
-                self.counters.count(result.outcome)
-                changes.extend(result.changes)
+                    result = self._apply_other(payload, source)
+                    hosts_changed |= isinstance(payload, HostRecord | HostTombstone)
+                    outcome = result.outcome
+                    changes.extend(result.changes)
+                if outcome is Outcome.APPLIED:
+                    applied += 1
+                elif outcome is Outcome.OLDER:
+                    older += 1
+                elif outcome is Outcome.LISTED_AWAY:
+                    listed_away += 1
             counters = self.counters
             counters.applied += applied
             counters.skipped_older += older
@@ -119,6 +98,19 @@ class View:
                 # Only after sync: before it, hosts whose records are still unread would be missing
                 # from the horizon.
                 self._store.prune_graveyard(self._clock())
+
+    def _apply_other(self, payload: Payload, source: Offset) -> ApplyResult:
+        """A message other than a DomainRecord (inside :meth:`apply`)."""
+        if isinstance(payload, DomainTombstone):
+            return self._store.apply_tombstone(payload.uuid, source)
+        if isinstance(payload, HostRecord):
+            return self._store.apply_host(payload, source)
+        if isinstance(payload, Heartbeat):
+            # No prune after it: a heartbeat moves no listing, and a host it revives only lowers the
+            # horizon.
+            return _NO_OP if payload.record is None else self._store.apply_heartbeat(payload.record)
+        assert isinstance(payload, HostTombstone)
+        return self._store.apply_host_tombstone(payload.host, source)
 
     # -- readers -----------------------------------------------------------------------------------
 
