@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Any
 
 from bridge.agent.agent import Agent, AgentSettings
+from bridge.agent.cpu_priority import DEFAULT_NICE, lower_priority, parse_nice
 from bridge.agent.http_server import parse_address
 from bridge.agent.publisher import producer_config
 from bridge.agent.topics import DEFAULT_COMPACTION_LAG
@@ -63,6 +64,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_clock_skew", "how far apart the fleet's host clocks may be (keep them in sync with NTP); a "
            "host that takes a domain over from another versions that record this far ahead", 0.05,
            parse_duration, metavar="DURATION"),
+    Option("nice", "CPU priority of the agent's threads, as nice(1): 0 is the host's default, 19 the lowest. "
+           "Above 0 the agent yields the CPU to libvirtd, its clients and the guests when the host is busy, and "
+           "still takes what is idle; a lower priority set by the service manager is kept", DEFAULT_NICE,
+           parse_nice, metavar="N"),
     Option("metrics_address", "serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, e.g. "
            "127.0.0.1:9731, or :9731 on every address (default: off)", None, parse_address,
            metavar="HOST:PORT"),
@@ -126,6 +131,8 @@ def _clock() -> Clock:
 def execute(args: argparse.Namespace) -> int:
     values = resolve(args, OPTIONS)
     settings = settings_from(values)
+    # Before the agent starts a thread: each thread keeps the niceness it started with.
+    log.info("running at nice %d", lower_priority(values["nice"]))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -26,6 +26,7 @@ paths. With ``LKB_BENCH_PROFILE=1`` each agent phase is recorded by py-spy into 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import uuid as uuid_mod
@@ -198,6 +199,7 @@ def _agent_round(env: BenchEnv, label: str, churn_domains: int, burst_domains: i
                 "undefine_burst": _phase(env, f"{label}undefine burst", agent, tail, burst_domains, "pool-remove",
                                          f"burst-{tag}"),
                 "hwm_kib": proc_status_kib(agent.proc.pid, "VmHWM"),
+                "agent_nice": os.getpriority(os.PRIO_PROCESS, agent.proc.pid),
                 "rss_kib": proc_status_kib(agent.proc.pid, "VmRSS"),
             }
         progress(f"{NAME}: stopping the agent")
@@ -238,6 +240,9 @@ def run(env: BenchEnv, churn_domains: int = CHURN_DOMAINS, burst_domains: int = 
     measured = _agent_round(env, "", churn_domains, burst_domains)
     churn, define, undefine = measured["churn"], measured["define_burst"], measured["undefine_burst"]
     hwm_kib, rss_kib = measured["hwm_kib"], measured["rss_kib"]
+    # The agent's default --nice: it yields the CPU to libvirtd and the generator on this busy box
+    # (bridge/agent/cpu_priority.py); LKB_BENCH_AGENT_ARGS="--nice 0" measures it at the peer's priority.
+    result.params["agent_nice"] = measured["agent_nice"]
     if measured["exit_status"] != 0:
         result.notes.append(f"agent exited with {measured['exit_status']} on SIGTERM")
     peer_round = _peer_round(env, "", churn_domains, burst_domains)

@@ -40,6 +40,8 @@ def assert_user_error(result, *fragments):
         (["run", "--kafka-config", "acks=1", "--bootstrap-servers", "127.0.0.1:1"], ["acks=1", "not allowed"]),
         (["run", "--topic", "same", "--hosts-topic", "same"], ["must differ"]),
         (["run", "--read-only", "maybe"], ["--read-only", "not a boolean"]),
+        (["run", "--nice", "20"], ["--nice", "outside 0 to 19"]),
+        (["run", "--nice", "low"], ["--nice", "not a whole number from 0 to 19"]),
         (["frobnicate"], ["invalid choice"]),
     ],
 )

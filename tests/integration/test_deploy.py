@@ -143,6 +143,9 @@ def test_systemd_unit_sandbox_and_restart_policy():
     assert "ReadWritePaths" not in keys, "the state directory (StateDirectory=) is the only writable path"
     assert v("ReadOnlyPaths") == "/run/libvirt"  # the libvirt sockets stay reachable
     assert v("EnvironmentFile").startswith("-/etc/")  # optional
+    # The sandbox refuses the agent's own setpriority(2), so the unit sets its default --nice.
+    assert "@resources" in " ".join(x for _s, k, x in unit_entries() if k == "SystemCallFilter")
+    assert int(v("Nice")) == next(o.default for o in run.OPTIONS if o.name == "nice")
 
 
 def test_systemd_exec_start_parses_through_the_cli(tmp_path):

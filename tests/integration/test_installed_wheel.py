@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 import bridge
+from bridge.cli import run
 from devenv import wait_until
 from tests.support.domains import unique_name, xml_for_test_driver
+from tests.support.procfs import thread_niceness
 from tests.support.topics import unique_topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,6 +123,14 @@ def test_every_command_runs_from_the_installed_wheel(venv: Path, tmp_path: Path,
                    what="the installed agent's record of the running domain in `state`")
         row = listed()[uuid]
         assert row["host"] == "wheel-host" and row["active"] is True and row["persistent"] is True
+        # Every thread the agent started, librdkafka's and libvirt's too, runs at the default --nice
+        # (or at this test's own niceness, if that is lower still: the agent never raises it).
+        default_nice = next(o.default for o in run.OPTIONS if o.name == "nice")
+        expected = max(default_nice, os.getpriority(os.PRIO_PROCESS, 0))
+        assert default_nice > 0
+        threads = thread_niceness(agent.pid)
+        assert len(threads) > 5 and set(threads.values()) == {expected}, threads
+        assert f"running at nice {expected}" in (tmp_path / "agent.log").read_text()
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0, (tmp_path / "agent.log").read_text()
     finally:
