@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bridge.slot_builder import slot_builder
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -168,6 +170,9 @@ class InventoryEntry:
     version: int
 
 
+_new_entry = slot_builder(InventoryEntry)  # a fleet's HostRecords hold 100,000 of them
+
+
 @dataclass(frozen=True, slots=True)
 class HostRecord:
     """Liveness and the latest completed inventory of one host."""
@@ -206,7 +211,7 @@ class HostRecord:
             status=HostStatus(d.get("status") or "UP"),
             resync_id=d.get("resync_id"),
             listed_at=None if listed_at is None else int(listed_at),
-            domains=tuple(InventoryEntry(str(e["uuid"]), int(e["version"])) for e in d.get("domains") or ()),
+            domains=tuple([_new_entry(str(e["uuid"]), int(e["version"])) for e in d.get("domains") or ()]),
             heartbeat_interval_ms=int(d.get("heartbeat_interval_ms") or 30_000),
             signal_id=d.get("signal_id"),
         )
