@@ -132,7 +132,7 @@ def execute(args: argparse.Namespace) -> int:
     values = resolve(args, OPTIONS)
     settings = settings_from(values)
     # Before the agent starts a thread: each thread keeps the niceness it started with.
-    log.info("running at nice %d", lower_priority(values["nice"]))
+    log.debug("running at nice %d", lower_priority(values["nice"]))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

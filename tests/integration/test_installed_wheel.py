@@ -130,7 +130,6 @@ def test_every_command_runs_from_the_installed_wheel(venv: Path, tmp_path: Path,
         assert default_nice > 0
         threads = thread_niceness(agent.pid)
         assert len(threads) > 5 and set(threads.values()) == {expected}, threads
-        assert f"running at nice {expected}" in (tmp_path / "agent.log").read_text()
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0, (tmp_path / "agent.log").read_text()
     finally:
