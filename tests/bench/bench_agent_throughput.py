@@ -21,7 +21,7 @@ last line became visible to the same consumer; events it lost are counted. Both 
 discarded (its rates are kept in the details), so neither meets a broker still compiling its hot
 paths; then three rounds each, interleaved, and each phase reports its median round (every round's
 rates are in the details). With ``LKB_BENCH_PROFILE=1`` each agent phase is recorded by py-spy into
-``bench-results/profiles/`` (the last round's).
+``bench-results/profiles/``, one file per round.
 
 ``python -m tests.bench.bench_agent_throughput``
 """
@@ -29,6 +29,7 @@ rates are in the details). With ``LKB_BENCH_PROFILE=1`` each agent phase is reco
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import uuid as uuid_mod
@@ -103,7 +104,7 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
     progress(f"{NAME}: {name}: generator {mode} -> {expected} events")
     gen = start_generator(mode, uri, prefix, **options)
     busy = CpuWindow({"agent": pid, "libvirtd": daemon})
-    with profiled(pid, f"throughput-{name.replace(' ', '-')}"):
+    with profiled(pid, "throughput-" + re.sub(r"[^\w.-]+", "-", name).strip("-")):
         summary = _wait_phase(name, agent, tail, expected, gen, events_before, busy)
     cpu = whole.summary()
     seen = tail.seen()[seen_before:]
