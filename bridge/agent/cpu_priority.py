@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +23,13 @@ NICE_MAX = 19
 
 
 def parse_nice(text: str) -> int:
-    """A niceness from 0 (the default priority) to 19 (the lowest)."""
+    """A niceness from 0 (never lowers the priority) to 19 (the lowest)."""
     try:
         value = int(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a whole number from 0 to {NICE_MAX}") from None
     if not 0 <= value <= NICE_MAX:
-        raise ValueError(f"{value} is outside 0 to {NICE_MAX} (0 keeps the default priority, {NICE_MAX} is the "
+        raise ValueError(f"{value} is outside 0 to {NICE_MAX} (0 never lowers the priority, {NICE_MAX} is the "
                          "lowest)")
     return value
 
@@ -41,7 +40,7 @@ def lower_priority(nice: int) -> int:
     A priority that is already lower (``Nice=`` in a systemd unit, ``nice -n``) is kept; raising a
     priority would need privileges the agent should not have. Call it before starting any thread.
     """
-    if threading.active_count() > 1:
+    if len(os.listdir("/proc/self/task")) > 1:  # native threads too (librdkafka, libvirt), not only Python's
         raise RuntimeError("lower_priority() must run before any other thread starts: threads keep their own niceness")
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if current >= nice:

@@ -64,9 +64,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_clock_skew", "how far apart the fleet's host clocks may be (keep them in sync with NTP); a "
            "host that takes a domain over from another versions that record this far ahead", 0.05,
            parse_duration, metavar="DURATION"),
-    Option("nice", "CPU priority of the agent's threads, as nice(1): 0 is the host's default, 19 the lowest. "
+    Option("nice", "CPU priority of the agent's threads, as nice(1): 0 never lowers it, 19 is the lowest. "
            "Above 0 the agent yields the CPU to libvirtd, its clients and the guests when the host is busy, and "
-           "still takes what is idle; a lower priority set by the service manager is kept", DEFAULT_NICE,
+           "still takes what is idle; a lower priority already set (systemd's Nice=) is kept", DEFAULT_NICE,
            parse_nice, metavar="N"),
     Option("metrics_address", "serve Prometheus /metrics, /healthz and /readyz on HOST:PORT, e.g. "
            "127.0.0.1:9731, or :9731 on every address (default: off)", None, parse_address,

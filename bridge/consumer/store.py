@@ -70,7 +70,8 @@ class ApplyResult(NamedTuple):
 
 
 _OLDER = ApplyResult(Outcome.OLDER)
-_NO_OP = ApplyResult(Outcome.NO_OP)
+NO_OP = ApplyResult(Outcome.NO_OP)
+"""The result of a message that changes nothing (shared: it carries no changes)."""
 _APPLIED = ApplyResult(Outcome.APPLIED)
 
 
@@ -152,7 +153,7 @@ class Store:
         """Apply a tombstone (null value) for a domain key."""
         held = self._domains.get(uuid)
         if held is None:
-            return _NO_OP
+            return NO_OP
         return ApplyResult(Outcome.APPLIED, self._remove(uuid, held.version, ChangeCause.TOMBSTONE, source))
 
     def apply_host(self, record: HostRecord, source: Offset | None = None) -> ApplyResult:
@@ -191,7 +192,7 @@ class Store:
         """Forget a decommissioned host. Its domains stay: a tombstone says nothing about them."""
         del source  # no view change to attribute
         if self._hosts.pop(host, None) is None:
-            return _NO_OP
+            return NO_OP
         self._listings.pop(host, None)
         return _APPLIED
 

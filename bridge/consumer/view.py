@@ -21,12 +21,11 @@ from bridge.consumer.history import ChangeHistory
 from bridge.consumer.position import Offset, Position
 from bridge.consumer.reflector import PollBatch
 from bridge.consumer.snapshot import Snapshot
-from bridge.consumer.store import ApplyResult, Outcome, Store
+from bridge.consumer.store import NO_OP, ApplyResult, Outcome, Store
 from bridge.records import DomainRecord, HostRecord
 from bridge.serde import DomainTombstone, Heartbeat, HostTombstone, Payload
 
 T = TypeVar("T")
-_NO_OP = ApplyResult(Outcome.NO_OP)  # a heartbeat topic's tombstone: it forgets nothing
 
 Clock = Callable[[], int]
 """Microseconds since the epoch."""
@@ -108,7 +107,8 @@ class View:
         if isinstance(payload, Heartbeat):
             # No prune after it: a heartbeat moves no listing, and a host it revives only lowers the
             # horizon.
-            return _NO_OP if payload.record is None else self._store.apply_heartbeat(payload.record)
+            # A heartbeat topic's tombstone forgets nothing.
+            return NO_OP if payload.record is None else self._store.apply_heartbeat(payload.record)
         assert isinstance(payload, HostTombstone)
         return self._store.apply_host_tombstone(payload.host, source)
 

@@ -293,24 +293,26 @@ def run(env: BenchEnv, churn_domains: int = CHURN_DOMAINS, burst_domains: int = 
                "same, define burst")
     peer_def = ("virsh event --all --loop --timestamp | kcat -P, same generator: events / (first event as virsh "
                 "stamped it -> the phase's last line visible to the same consumer)")
-    for key, label, phase in (("churn", "churn", peer_churn), ("define", "define burst", peer_define),
-                              ("undefine", "undefine burst", peer_undefine)):
+    for key, label, phase, phase_key in (("churn", "churn", peer_churn, "churn"),
+                                         ("define", "define burst", peer_define, "define_burst"),
+                                         ("undefine", "undefine burst", peer_undefine, "undefine_burst")):
         result.add(f"peer_{key}_events_per_s", f"peer (virsh|kcat) events -> visible, {label}", phase["events_per_s"],
                    "events/s", peer_def)
-        result.add(f"peer_{key}_lost", f"peer (virsh|kcat) events lost, {label}", phase["lost"], "events",
-                   "events the generator caused that never appeared on the peer's topic")
+        lost = sum(r[phase_key]["lost"] for r in peer_rounds)
+        result.add(f"peer_{key}_lost", f"peer (virsh|kcat) events lost, {label}", lost, "events",
+                   f"events the generator caused that never appeared on the peer's topic, all {ROUNDS} rounds")
     for key, agent_phase, peer_phase in (("churn", churn, peer_churn), ("define", define, peer_define),
                                          ("undefine", undefine, peer_undefine)):
         result.add(f"ratio_{key}_agent_to_peer", f"agent / peer events/s, {key}",
                    agent_phase["events_per_s"] / peer_phase["events_per_s"], "x",
-                   "agent events/s divided by the peer's, same phase, same run (>= 1 means the agent is faster)")
+                   "the agent's median round divided by the peer's, same phase, same run (>= 1: the agent is faster)")
     result.details = {"churn": churn, "define_burst": define, "undefine_burst": undefine,
                       "agent_rss_end_mib": round(rss_kib / 1024, 1),
                       "rounds_events_per_s": {"agent": [_rates(r) for r in agent_rounds],
                                               "peer": [_rates(r) for r in peer_rounds]},
                       "warmup_events_per_s": {"agent": _rates(warm_agent), "peer": _rates(warm_peer)},
                       "peer": {"churn": peer_churn, "define_burst": peer_define, "undefine_burst": peer_undefine}}
-    elided = churn["events_elided"] + define["events_elided"] + undefine["events_elided"]
+    elided = sum(r[p]["events_elided"] for r in agent_rounds for p in PHASES)
     if elided:
         result.notes.append(f"{elided} events were elided by the per-domain cap")
     return result
