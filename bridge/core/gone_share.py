@@ -35,7 +35,9 @@ class GoneShare:
     @property
     def share(self) -> float:
         """Of the recent reads' weight, the part that found the domain gone (0 before any read)."""
-        return min(1.0, self._gone / self._reads) if self._reads else 0.0  # min: float rounding
+        # Rounded: float rounding would otherwise let a group of reads that all found their domain gone
+        # lower the share by an ulp (0.9999999999999999 -> ...98), and lift it above 1.
+        return min(1.0, round(self._gone / self._reads, 12)) if self._reads else 0.0
 
     @property
     def high(self) -> bool:

@@ -1,7 +1,7 @@
 """The snapshot reader's share of recent reads that found their domain gone, hammered."""
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bridge.core.gone_share import GoneShare
@@ -17,6 +17,7 @@ def fed(groups: list[tuple[int, int]]) -> GoneShare:
 
 
 @given(GROUPS, st.lists(st.integers(1, 40), min_size=1, max_size=5))
+@example([(11, 11)], [3])  # once lowered the share by float rounding: 0.9999999999999999 -> ...98
 def test_reads_that_all_found_their_domain_gone_make_it_high_after_any_history_of_ten_reads(history, sizes):
     share = fed(history)
     for n in sizes:
