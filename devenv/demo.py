@@ -99,7 +99,7 @@ def latest_records(bootstrap: str) -> tuple[dict[str, DomainRecord | None], list
                     msg = consumer.poll(5)
                     if msg is None or msg.error():
                         break
-                    payload = decoder.decode(topic, msg.key(), msg.value(), msg.headers()).payload
+                    payload = decoder.decode(topic, msg.key(), msg.value(), msg.headers).payload
                     if isinstance(payload, DomainTombstone):
                         domains[payload.uuid] = None
                     elif isinstance(payload, DomainRecord):

@@ -140,7 +140,7 @@ def _render(msg: Any, decoder: MessageDecoder, values: dict[str, Any], as_json: 
     where = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
     want_uuid, want_host = values["uuid"], values["host"]
     try:
-        payload = decoder.decode(msg.topic(), msg.key(), msg.value(), msg.headers()).payload
+        payload = decoder.decode(msg.topic(), msg.key(), msg.value(), msg.headers).payload
     except DecodeError as exc:
         obj: dict[str, Any] = {"undecodable": str(exc)}
     else:

@@ -44,7 +44,7 @@ from bridge.serde import MessageDecoder, Payload, ReadAs, RecordCodec
 
 __all__ = ["ConsumedMessage", "ConsumerError", "ConsumerFactory", "KafkaAccessError", "KafkaConsumer", "PollBatch",
            "Reflector", "ReflectorCounters", "Sink"]
-from bridge.serde.message_decoder import Headers
+from bridge.serde.message_decoder import LazyHeaders
 
 log = logging.getLogger(__name__)
 # A named tuple's own __new__ is a Python function, twice the cost of tuple's; two are made per message.
@@ -231,7 +231,7 @@ class Reflector:
             self._set_error(None)  # reading works again
         raw.reverse()
         while raw:
-            # Popped, not iterated: each message (and the header tuples it caches) is freed once read,
+            # Popped, not iterated: each message is freed once read,
             # not kept to the end of the poll batch, where they would only add to the GC's young objects.
             msg = raw.pop()
             err = msg.error()
@@ -250,7 +250,7 @@ class Reflector:
                 self._next[where] = offset + 1
                 moved = True
             source = _new_tuple(Offset, (topic, partition, offset))
-            payload = self._decode(source, msg.key(), msg.value(), msg.headers())
+            payload = self._decode(source, msg.key(), msg.value(), msg.headers)
             if payload is not None:
                 messages.append(_new_tuple(ConsumedMessage, (payload, source)))
         if messages or moved:
@@ -271,7 +271,7 @@ class Reflector:
         self._sink(PollBatch(messages, Position(self._next), self._synced))
 
     def _decode(self, source: Offset, key: bytes | None, value: bytes | None,
-                headers: Headers) -> Payload | None:
+                headers: LazyHeaders) -> Payload | None:
         try:
             payload, read_as = self._decoder.read(source.topic, key, value, headers)
         except DecodeError as exc:

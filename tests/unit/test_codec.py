@@ -132,8 +132,21 @@ def test_the_decoder_covers_tombstones_foreign_cloud_events_and_unknown_topics()
     data = codec.encode_domain(rec)
     ours = list(cloud_events.domain_headers(rec))
     assert decoder.decode("d", UUID.encode(), data, ours).payload == rec
-    with pytest.raises(DecodeError, match="foreign type"):
-        decoder.decode("d", UUID.encode(), data, [("ce_type", b"com.example.other")])
+    # The bytes decide: a foreign CloudEvent's type is named only when its bytes are not ours, and the
+    # headers are not even read for a message that decodes (reading them costs more than decoding).
+    foreign = [("ce_type", b"com.example.other")]
+    with pytest.raises(DecodeError, match=r"foreign type 'com.example.other': .*single-object"):
+        decoder.decode("d", UUID.encode(), b'{"data": 1}', foreign)
+    with pytest.raises(DecodeError, match=r"foreign type 'com.example.other': .*single-object"):
+        decoder.decode("d", UUID.encode(), b'{"data": 1}', lambda: foreign)
+    assert decoder.decode("d", UUID.encode(), data, {"ce_type": "io.libvirt_kafka_bridge.domain.new"}).payload == rec
+    with pytest.raises(DecodeError) as ours_but_not_avro:
+        decoder.decode("d", UUID.encode(), b"garbage", ours)
+    assert "foreign type" not in str(ours_but_not_avro.value)
+
+    def unread() -> list[tuple[str, bytes]]:
+        raise AssertionError("headers read for a message whose bytes are ours")
+    assert decoder.decode("d", UUID.encode(), data, unread).payload == rec
     with pytest.raises(DecodeError, match="not one of d, h"):
         decoder.decode("elsewhere", UUID.encode(), data)
 
