@@ -30,12 +30,21 @@ class ConsumedMessage(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class PollBatch:
-    """What one poll produced: the decoded messages, the position after them, and whether every
-    partition has now been read up to the high watermark seen at start (stays True once reached)."""
+    """What one poll produced: the decoded messages (``payloads[i]`` read at ``sources[i]``), the
+    position after them, and whether every partition has now been read up to the high watermark seen
+    at start (stays True once reached)."""
 
-    messages: tuple[ConsumedMessage, ...]
+    # Two parallel tuples, not one of pairs: a pair per message was a fifth of the objects the
+    # reader made per record, and every one of them counts towards the cyclic collector's next pass.
+    payloads: tuple[Payload, ...]
+    sources: tuple[Offset, ...]
     position: Position
     synced: bool
+
+    @property
+    def messages(self) -> tuple[ConsumedMessage, ...]:
+        """The decoded messages as (payload, source) pairs, built on each call."""
+        return tuple(map(ConsumedMessage, self.payloads, self.sources))
 
 
 Sink = Callable[[PollBatch], None]

@@ -25,7 +25,7 @@ class ChangeHistory:
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
-        self._changes: deque[tuple[Offset, Change]] = deque()  # each with its source
+        self._changes: deque[Change] = deque()  # message-caused ones only: each has its source
         self._capacity = capacity
         # Per partition, one past the newest offset of a change that fell out of the ring: a position
         # below it would miss that change.
@@ -33,7 +33,9 @@ class ChangeHistory:
 
     def extend(self, changes: Iterable[Change]) -> None:
         ring = self._changes
-        ring.extend([(c.source, c) for c in changes if c.source is not None])  # only message-caused ones replay
+        # Only message-caused changes replay; held as they are, not paired with their source: a pair
+        # per change was one more object for the cyclic collector to count and walk.
+        ring.extend([c for c in changes if c.source is not None])
         surplus = len(ring) - self._capacity
         if surplus <= 0:
             return
@@ -42,7 +44,7 @@ class ChangeHistory:
         # The highest, not the last: a partition replayed from a lower offset (after a log truncation)
         # can put an older offset after a newer one.
         for _ in range(surplus):
-            topic, partition, offset = popleft()[0]
+            topic, partition, offset = popleft().source  # type: ignore[misc]  # never None in the ring
             key = (topic, partition)
             if dropped.get(key, 0) <= offset:
                 dropped[key] = offset + 1
@@ -56,7 +58,13 @@ class ChangeHistory:
                     f"changes after {topic}[{partition}]@{position.next_offset(topic, partition)} "
                     f"are no longer retained; list again"
                 )
-        return [c for source, c in self._changes if not position.covers(source)]
+        return [c for c in self._changes if not position.covers(_source(c))]
 
     def __len__(self) -> int:
         return len(self._changes)
+
+
+def _source(change: Change) -> Offset:
+    source = change.source
+    assert source is not None  # the ring holds message-caused changes only
+    return source

@@ -47,7 +47,7 @@ __all__ = ["ConsumedMessage", "ConsumerError", "ConsumerFactory", "KafkaAccessEr
 from bridge.serde.message_decoder import LazyHeaders
 
 log = logging.getLogger(__name__)
-# A named tuple's own __new__ is a Python function, twice the cost of tuple's; two are made per message.
+# A named tuple's own __new__ is a Python function, twice the cost of tuple's; one is made per message.
 _new_tuple = tuple.__new__
 MARKS_EVERY = 0.5  # s; taken on the reader's thread: confluent-kafka 2.16 blocks other threads' calls as it polls
 
@@ -207,7 +207,7 @@ class Reflector:
             log.info("reading %s (%d partitions) from %s; sync target %s", ", ".join(read), len(partitions),
                      Position(self._next).encode() or "the beginning",
                      Position(self._targets).encode() or "(empty topics)")
-            self._deliver(())  # topics that are empty (or a start past the targets) are synced already
+            self._deliver((), ())  # topics that are empty (or a start past the targets) are synced already
             return True
         return False
 
@@ -225,7 +225,8 @@ class Reflector:
         except KafkaException as exc:
             self._set_error(f"consume failed: {error_text(exc, self._settings)}")
             return
-        messages: list[ConsumedMessage] = []
+        payloads: list[Payload] = []
+        sources: list[Offset] = []
         moved = False
         if raw and any(m.error() is None for m in raw):
             self._set_error(None)  # reading works again
@@ -252,9 +253,10 @@ class Reflector:
             source = _new_tuple(Offset, (topic, partition, offset))
             payload = self._decode(source, msg.key(), msg.value(), msg.headers)
             if payload is not None:
-                messages.append(_new_tuple(ConsumedMessage, (payload, source)))
-        if messages or moved:
-            self._deliver(tuple(messages))
+                payloads.append(payload)
+                sources.append(source)
+        if payloads or moved:
+            self._deliver(tuple(payloads), tuple(sources))
 
     def _advance(self, topic: str, partition: int, next_offset: int) -> bool:
         key = (topic, partition)
@@ -263,12 +265,12 @@ class Reflector:
         self._next[key] = next_offset
         return True
 
-    def _deliver(self, messages: tuple[ConsumedMessage, ...]) -> None:
+    def _deliver(self, payloads: tuple[Payload, ...], sources: tuple[Offset, ...]) -> None:
         if not self._synced:
             self._synced = all(self._next.get(key, 0) >= high for key, high in self._targets.items())
             if self._synced:
                 log.info("synced: read %s up to the high watermarks seen at start", self._topics[0])
-        self._sink(PollBatch(messages, Position(self._next), self._synced))
+        self._sink(PollBatch(payloads, sources, Position(self._next), self._synced))
 
     def _decode(self, source: Offset, key: bytes | None, value: bytes | None,
                 headers: LazyHeaders) -> Payload | None:

@@ -68,7 +68,7 @@ class View:
         take_domain = self._store.take_domain
         applied = older = listed_away = 0  # counted here, added once: this loop runs per record
         with self._cond:
-            for payload, source in batch.messages:
+            for payload, source in zip(batch.payloads, batch.sources, strict=True):
                 if isinstance(payload, DomainRecord):  # nearly every message: no result object made
                     outcome = take_domain(payload, source, changes)
                 else:
