@@ -41,6 +41,7 @@ from tests.bench import (
     BenchResult,
     PeerPipe,
     TopicTail,
+    collector_paused,
     main_one,
     proc_status_kib,
     profiled,
@@ -102,10 +103,11 @@ def _phase(env: BenchEnv, name: str, agent: Any, tail: TopicTail, expected: int,
     threads0 = thread_cpu_seconds(pid)
     whole = CpuWindow({"agent": pid, "libvirtd": daemon})  # to the last record; ``busy``: while generating
     progress(f"{NAME}: {name}: generator {mode} -> {expected} events")
-    gen = start_generator(mode, uri, prefix, **options)
-    busy = CpuWindow({"agent": pid, "libvirtd": daemon})
-    with profiled(pid, "throughput-" + re.sub(r"[^\w.-]+", "-", name).strip("-")):
-        summary = _wait_phase(name, agent, tail, expected, gen, events_before, busy)
+    with collector_paused():
+        gen = start_generator(mode, uri, prefix, **options)
+        busy = CpuWindow({"agent": pid, "libvirtd": daemon})
+        with profiled(pid, "throughput-" + re.sub(r"[^\w.-]+", "-", name).strip("-")):
+            summary = _wait_phase(name, agent, tail, expected, gen, events_before, busy)
     cpu = whole.summary()
     seen = tail.seen()[seen_before:]
     records = [s for s in seen if s.record is not None]
@@ -151,29 +153,30 @@ def _peer_phase(env: BenchEnv, name: str, peer: PeerPipe, expected: int, mode: s
     tail = peer.tail
     before = len(tail.seen())
     progress(f"{NAME}: peer {name}: generator {mode} -> {expected} events")
-    gen = start_generator(mode, env.test_uri, prefix, **options)
-    busy = CpuWindow({"libvirtd": env.libvirtd_pid() or 0})
-    try:
-        last_count, last_change = 0, time.monotonic()
+    with collector_paused():
+        gen = start_generator(mode, env.test_uri, prefix, **options)
+        busy = CpuWindow({"libvirtd": env.libvirtd_pid() or 0})
+        try:
+            last_count, last_change = 0, time.monotonic()
 
-        def done(t: TopicTail) -> bool:
-            nonlocal last_count, last_change
-            n = t.records + t.tombstones - before
-            if n != last_count:
-                last_count, last_change = n, time.monotonic()
-            finished = gen.proc.poll() is not None
-            if finished:
-                busy.stop()
-            return n >= expected or (finished and time.monotonic() - last_change > QUIET_S)
+            def done(t: TopicTail) -> bool:
+                nonlocal last_count, last_change
+                n = t.records + t.tombstones - before
+                if n != last_count:
+                    last_count, last_change = n, time.monotonic()
+                finished = gen.proc.poll() is not None
+                if finished:
+                    busy.stop()
+                return n >= expected or (finished and time.monotonic() - last_change > QUIET_S)
 
-        def check() -> None:
-            gen.check()
-            peer.check()
+            def check() -> None:
+                gen.check()
+                peer.check()
 
-        tail.wait(done, TIMEOUT, f"{expected} peer events of phase {name}", check=check)
-        summary = gen.result()
-    finally:
-        gen.kill()
+            tail.wait(done, TIMEOUT, f"{expected} peer events of phase {name}", check=check)
+            summary = gen.result()
+        finally:
+            gen.kill()
     lines = [ln for ln in peer.lines(before) if ln.domain.startswith(prefix + "-")]
     first_event = min(ln.event_us for ln in lines)
     last_visible = max(ln.visible_us for ln in lines)

@@ -26,6 +26,8 @@ virsh's own timestamp (millisecond precision, truncated, so up to 1 ms pessimist
 ``call -> visible`` from the generator's call, matched per domain in order. The rates above the
 latency targets' (2000/s, 4000/s) find where each one saturates: delivered events/s against offered.
 With ``LKB_BENCH_PROFILE=1`` the agent's phases are recorded by py-spy into ``bench-results/profiles/``.
+With ``LKB_BENCH_SERIES=DIR`` each phase's events are written to ``DIR/latency-RATE.json`` as
+``[received_at, observed_at, visible]`` (us), in time order: the tail's events show when they happened.
 
 ``python -m tests.bench.bench_latency``
 """
@@ -53,6 +55,7 @@ from tests.bench import (
     BenchResult,
     PeerPipe,
     TopicTail,
+    collector_paused,
     main_one,
     now_us,
     percentile,
@@ -114,7 +117,7 @@ def _kafka_floor(env: BenchEnv, rate: int) -> dict[str, Any]:
     server = threading.Thread(target=serve, name="floor-delivery", daemon=True)
     messages = int(rate * FLOOR_SECONDS)
     progress(f"{NAME}: Kafka floor: {messages} messages at {rate}/s with the agent's producer settings")
-    with TopicTail(env.bootstrap, topic, decode=False) as tail:
+    with TopicTail(env.bootstrap, topic, decode=False) as tail, collector_paused():
         server.start()
         try:
             # Once the broker holds a dozen topics, the first ~150 ms of traffic to a topic just
@@ -152,18 +155,19 @@ def _ops_for(rate: int, seconds: float, pool: int) -> int:
 def _phase(env: BenchEnv, agent: Any, tail: TopicTail, prefix: str, rate: int, ops: int, out: Path) -> dict[str, Any]:
     seen_before, events_before = len(tail.seen()), tail.events
     progress(f"{NAME}: {ops} operations at {rate}/s over {POOL} domains (~{ops / rate:.0f}s)")
-    gen = start_generator("paced", env.test_uri, prefix, pool=POOL, rate=rate, ops=ops, out=out)
-    try:
-        def check() -> None:
-            gen.check()
-            agent.check_alive()
+    with collector_paused():
+        gen = start_generator("paced", env.test_uri, prefix, pool=POOL, rate=rate, ops=ops, out=out)
+        try:
+            def check() -> None:
+                gen.check()
+                agent.check_alive()
 
-        with profiled(agent.proc.pid, f"latency-{rate}"):
-            tail.wait(lambda t: t.events - events_before >= ops, ops / rate + TIMEOUT,
-                      f"{ops} events at {rate}/s", check=check)
-        summary = gen.result()
-    finally:
-        gen.kill()
+            with profiled(agent.proc.pid, f"latency-{rate}"):
+                tail.wait(lambda t: t.events - events_before >= ops, ops / rate + TIMEOUT,
+                          f"{ops} events at {rate}/s", check=check)
+            summary = gen.result()
+        finally:
+            gen.kill()
     calls: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
     for uuid, op, before, after in json.loads(out.read_text()):
         calls[uuid].append((op, before, after))
@@ -173,6 +177,10 @@ def _phase(env: BenchEnv, agent: Any, tail: TopicTail, prefix: str, rate: int, o
     for s in sorted(seen, key=lambda s: s.record.version):
         for e in s.record.events:
             per_uuid[s.record.uuid].append((s, e))
+    series_dir = os.environ.get("LKB_BENCH_SERIES")
+    if series_dir:  # for finding where a tail comes from: which events, at what time, in which stage
+        Path(series_dir, f"latency-{rate}.json").write_text(json.dumps(sorted(
+            (e.received_at, s.record.observed_at, s.visible_us) for evs in per_uuid.values() for s, e in evs)))
     to_visible: list[float] = []
     to_snapshot: list[float] = []
     snapshot_to_visible: list[float] = []
@@ -221,24 +229,25 @@ def _peer_phase(env: BenchEnv, peer: PeerPipe, prefix: str, names: dict[str, str
     assert peer.tail is not None
     before = len(peer.tail.seen())
     progress(f"{NAME}: peer: {ops} operations at {rate}/s over {POOL} domains (~{ops / rate:.0f}s)")
-    gen = start_generator("paced", env.test_uri, prefix, pool=POOL, rate=rate, ops=ops, out=out)
-    try:
-        quiet = {"n": 0, "t": 0.0}
+    with collector_paused():
+        gen = start_generator("paced", env.test_uri, prefix, pool=POOL, rate=rate, ops=ops, out=out)
+        try:
+            quiet = {"n": 0, "t": 0.0}
 
-        def done(t: TopicTail) -> bool:  # all events, or (the pipe loses some) quiet after the generator
-            n = t.records - before
-            if n != quiet["n"]:
-                quiet["n"], quiet["t"] = n, time.monotonic()
-            return n >= ops or (gen.proc.poll() is not None and time.monotonic() - quiet["t"] > 3.0)
+            def done(t: TopicTail) -> bool:  # all events, or (the pipe loses some) quiet after the generator
+                n = t.records - before
+                if n != quiet["n"]:
+                    quiet["n"], quiet["t"] = n, time.monotonic()
+                return n >= ops or (gen.proc.poll() is not None and time.monotonic() - quiet["t"] > 3.0)
 
-        def check() -> None:
-            gen.check()
-            peer.check()
+            def check() -> None:
+                gen.check()
+                peer.check()
 
-        peer.tail.wait(done, ops / rate + TIMEOUT, f"{ops} peer events at {rate}/s", check=check)
-        summary = gen.result()
-    finally:
-        gen.kill()
+            peer.tail.wait(done, ops / rate + TIMEOUT, f"{ops} peer events at {rate}/s", check=check)
+            summary = gen.result()
+        finally:
+            gen.kill()
     calls: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
     for uuid, op, before_us, after_us in json.loads(out.read_text()):
         calls[names[uuid]].append((op, before_us, after_us))
