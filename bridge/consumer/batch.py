@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from bridge.consumer.position import Offset, Position
 from bridge.errors import BridgeError
@@ -21,13 +20,6 @@ class KafkaAccessError(ConsumerError):
     settings cannot help, so the reader stops instead of retrying."""
 
 
-class ConsumedMessage(NamedTuple):
-    """One decoded message and where it was read (a named tuple: one is made for every message read)."""
-
-    payload: Payload
-    source: Offset
-
-
 @dataclass(frozen=True, slots=True)
 class PollBatch:
     """What one poll produced: the decoded messages (``payloads[i]`` read at ``sources[i]``), the
@@ -40,11 +32,6 @@ class PollBatch:
     sources: tuple[Offset, ...]
     position: Position
     synced: bool
-
-    @property
-    def messages(self) -> tuple[ConsumedMessage, ...]:
-        """The decoded messages as (payload, source) pairs, built on each call."""
-        return tuple(map(ConsumedMessage, self.payloads, self.sources))
 
 
 Sink = Callable[[PollBatch], None]

@@ -44,7 +44,7 @@ class ChangeHistory:
         # The highest, not the last: a partition replayed from a lower offset (after a log truncation)
         # can put an older offset after a newer one.
         for _ in range(surplus):
-            topic, partition, offset = popleft().source  # type: ignore[misc]  # never None in the ring
+            topic, partition, offset = _source(popleft())
             key = (topic, partition)
             if dropped.get(key, 0) <= offset:
                 dropped[key] = offset + 1

@@ -27,7 +27,6 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from bridge.consumer.batch import (
-    ConsumedMessage,
     ConsumerError,
     KafkaAccessError,
     PollBatch,
@@ -42,7 +41,7 @@ from bridge.kafka_problems import KAFKA_CONFIG_PLACES, KafkaProblem, diagnose, e
 from bridge.logging_setup import librdkafka_logger
 from bridge.serde import MessageDecoder, Payload, ReadAs, RecordCodec
 
-__all__ = ["ConsumedMessage", "ConsumerError", "ConsumerFactory", "KafkaAccessError", "KafkaConsumer", "PollBatch",
+__all__ = ["ConsumerError", "ConsumerFactory", "KafkaAccessError", "KafkaConsumer", "PollBatch",
            "Reflector", "ReflectorCounters", "Sink"]
 from bridge.serde.message_decoder import LazyHeaders
 

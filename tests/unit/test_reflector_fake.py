@@ -89,7 +89,7 @@ def test_synced_only_once_the_position_reaches_every_watermark_seen_at_start():
         assert any(before.position.next_offset(t, p) < high for (t, p), high in targets.items())
     assert all(first_synced.position.next_offset(t, p) >= high for (t, p), high in targets.items())
     assert all(b.synced for b in sink.all[index:]), "synced stays True once reached"
-    read = [m.payload for b in sink.all for m in b.messages]
+    read = [p for b in sink.all for p in b.payloads]
     assert len(read) == 6
 
 
@@ -108,7 +108,7 @@ def test_empty_topics_are_synced_at_once():
     with reading(consumer) as (_reflector, sink):
         first = sink.wait_for(lambda b: True)
     assert first.synced
-    assert first.messages == ()
+    assert first.payloads == ()
     assert consumer.assigned is not None and len(consumer.assigned) == 2
 
 
@@ -125,7 +125,7 @@ def test_partitions_are_assigned_at_their_low_watermark_or_the_start_position():
         sink.wait_for(lambda b: b.synced)
 
     assert sorted(consumer.assigned or []) == [(DOMAINS, 0, 1), (DOMAINS, 1, 4), (HOSTS, 0, 0)]
-    assert sorted((m.source.partition, m.source.offset) for b in sink.all for m in b.messages) == [(0, 1), (1, 4)]
+    assert sorted((s.partition, s.offset) for b in sink.all for s in b.sources) == [(0, 1), (1, 4)]
 
 
 def test_undecodable_bytes_are_counted_and_skipped_and_the_position_still_advances():
@@ -140,7 +140,7 @@ def test_undecodable_bytes_are_counted_and_skipped_and_the_position_still_advanc
         counters = reflector.counters()
 
     assert counters.undecodable == 2
-    payloads = [m.payload for b in sink.all for m in b.messages]
+    payloads = [p for b in sink.all for p in b.payloads]
     assert payloads == [good], "only the record is handed on"
     assert done.position.next_offset(DOMAINS, 0) == 3
 
@@ -152,7 +152,7 @@ def test_an_undecodable_message_alone_still_moves_the_position():
         # Wait for the message's batch itself (before its partition's EOF can move the position).
         moved = sink.wait_for(lambda b: b.position.next_offset(DOMAINS, 0) == 1)
         assert reflector.counters().undecodable == 1
-    assert moved.messages == ()
+    assert moved.payloads == ()
 
 
 def test_partition_eof_advances_the_position_past_offsets_without_messages():
@@ -163,7 +163,7 @@ def test_partition_eof_advances_the_position_past_offsets_without_messages():
         synced = sink.wait_for(lambda b: b.synced, timeout=3)
     # Only the EOF says the end is 5: the one message is at offset 0.
     assert synced.position.next_offset(DOMAINS, 0) == 5
-    assert [m.source.offset for b in sink.all for m in b.messages] == [0]
+    assert [s.offset for b in sink.all for s in b.sources] == [0]
 
 
 def test_errors_that_are_not_fatal_are_shown_and_reading_goes_on():
@@ -173,5 +173,5 @@ def test_errors_that_are_not_fatal_are_shown_and_reading_goes_on():
         consumer.inject_error(KafkaError._TRANSPORT)
         wait_until(lambda: reflector.last_error is not None, timeout=3, what="the error shown", interval=0.01)
         put_domain(consumer, domain(1, 5))
-        sink.wait_for(lambda b: len(b.messages) == 1)
+        sink.wait_for(lambda b: len(b.payloads) == 1)
         assert reflector.last_error is None, "a message read clears the error"
