@@ -61,6 +61,8 @@ class KafkaConsumer(Protocol):
 
     def assign(self, partitions: list[TopicPartition]) -> None: ...
 
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None: ...
+
     def poll(self, timeout: float) -> Any: ...
 
     def consume(self, num_messages: int, timeout: float) -> list[Any]: ...
@@ -105,6 +107,7 @@ class Reflector:
         self._targets: dict[tuple[str, int], int] = {}
         self._marks: dict[tuple[str, int], int] = {}  # replaced whole, never changed: read without a lock
         self._marks_due = 0.0
+        self._deferred: list[TopicPartition] = []  # assigned after the first poll (see _connect)
         self._synced = False
         self._lock = threading.Lock()  # guards the counters, read from other threads
         self._counts = dict.fromkeys(("undecodable", *(r.value for r in ReadAs)), 0)
@@ -118,6 +121,12 @@ class Reflector:
             # stalled one sync in five by half a second. 100 ms bounds that; the cost is an idle
             # reader's ten fetch requests a second per broker instead of two. A caller's setting wins.
             "fetch.wait.max.ms": 100,
+            # librdkafka 2.16 drops the bootstrap connection once the metadata names the brokers, and a
+            # request in flight on it (the reader's first, for the partitions) waits out the half of
+            # this backoff that new connections are held back: 50 ms of every start at the default
+            # 100 ms, 5 ms here. A down broker is retried from 10 ms on, still backing off to
+            # reconnect.backoff.max.ms (10 s).
+            "reconnect.backoff.ms": 10,
             **client_config,
             # librdkafka insists on a group id; with assign() and no commits no group is ever joined.
             "group.id": f"libvirt-kafka-bridge-reader-{uuid_mod.uuid4()}",
@@ -193,13 +202,18 @@ class Reflector:
                 timeout = min(timeout * 2, self._request_timeout)
                 continue
             self._targets = {key: high for key, (_, high) in marks.items()}
-            # From the low watermark just read, not OFFSET_BEGINNING: librdkafka would look that up per
-            # partition, and an empty partition found first is fetched alone, its fetch waiting out
-            # fetch.wait.max.ms (0.5 s) before the others join; a log start that moved since is
-            # handled by auto.offset.reset=earliest.
-            self._consumer.assign([
-                TopicPartition(t, p, self._next.get((t, p), marks[(t, p)][0])) for t, p in partitions
-            ])
+            # From the low watermark just read, not OFFSET_BEGINNING, which librdkafka would look up per
+            # partition; a log start that moved since is handled by auto.offset.reset=earliest.
+            assignment = [TopicPartition(t, p, self._next.get((t, p), marks[(t, p)][0])) for t, p in partitions]
+            # A partition with nothing to read yet waits for the first poll: fetched first and alone (the
+            # broker thread's order is a race), it would hold the whole first fetch for fetch.wait.max.ms
+            # before the partitions with records joined (100 ms of one start in four).
+            ready: list[TopicPartition] = []
+            for tp in assignment:
+                (ready if tp.offset < self._targets[(tp.topic, tp.partition)] else self._deferred).append(tp)
+            if not ready:
+                ready, self._deferred = self._deferred, []
+            self._consumer.assign(ready)
             self._set_error(None)
             self._connected = True
             read = sorted({t for t, _ in partitions})
@@ -256,6 +270,19 @@ class Reflector:
                 sources.append(source)
         if payloads or moved:
             self._deliver(tuple(payloads), tuple(sources))
+        if self._deferred:
+            self._assign_deferred()
+
+    def _assign_deferred(self) -> None:
+        """Assign the partitions _connect held back, now that the first fetch was answered (or the first
+        poll timed out): the next fetch carries them beside the others and returns as soon as any
+        partition has records."""
+        try:
+            self._consumer.incremental_assign(self._deferred)
+        except KafkaException as exc:
+            self._set_error(f"assigning {len(self._deferred)} partitions failed: {error_text(exc, self._settings)}")
+            return  # retried after the next poll
+        self._deferred = []
 
     def _advance(self, topic: str, partition: int, next_offset: int) -> bool:
         key = (topic, partition)

@@ -74,6 +74,8 @@ class FakeConsumer:
         self._rotation = 0
         self.config: dict[str, Any] | None = None
         self.assigned: list[tuple[str, int, int]] | None = None
+        self.assign_calls: list[list[tuple[str, int]]] = []
+        """The partitions of each assign() or incremental_assign() call, in order."""
         self.closed = False
 
     def factory(self, config: dict[str, Any]) -> FakeConsumer:
@@ -131,6 +133,12 @@ class FakeConsumer:
     def assign(self, partitions: list[TopicPartition]) -> None:
         with self._cond:
             self.assigned = []
+            self.assign_calls.clear()
+        self.incremental_assign(partitions)
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        with self._cond:
+            self.assign_calls.append(sorted((tp.topic, tp.partition) for tp in partitions))
             for tp in partitions:
                 part = self._partitions[(tp.topic, tp.partition)]
                 part.cursor = 0 if tp.offset == OFFSET_BEGINNING else tp.offset
