@@ -139,11 +139,12 @@ class FakeConsumer:
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
         with self._cond:
             self.assign_calls.append(sorted((tp.topic, tp.partition) for tp in partitions))
+            assigned = self.assigned = self.assigned or []
             for tp in partitions:
                 part = self._partitions[(tp.topic, tp.partition)]
                 part.cursor = 0 if tp.offset == OFFSET_BEGINNING else tp.offset
                 part.eof_sent = False
-                self.assigned.append((tp.topic, tp.partition, tp.offset))
+                assigned.append((tp.topic, tp.partition, tp.offset))
 
     def poll(self, timeout: float) -> FakeKafkaMessage | None:
         with self._cond:
