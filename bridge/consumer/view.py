@@ -21,7 +21,7 @@ from bridge.consumer.history import ChangeHistory
 from bridge.consumer.position import Offset, Position
 from bridge.consumer.reflector import PollBatch
 from bridge.consumer.snapshot import Snapshot
-from bridge.consumer.store import NO_OP, ApplyResult, Outcome, Store
+from bridge.consumer.store import APPLIED, LISTED_AWAY, NO_OP, OLDER, ApplyResult, Store
 from bridge.records import DomainRecord, HostRecord
 from bridge.serde import DomainTombstone, Heartbeat, HostTombstone, Payload
 
@@ -76,11 +76,11 @@ class View:
                     hosts_changed |= isinstance(payload, HostRecord | HostTombstone)
                     outcome = result.outcome
                     changes.extend(result.changes)
-                if outcome is Outcome.APPLIED:
+                if outcome is APPLIED:
                     applied += 1
-                elif outcome is Outcome.OLDER:
+                elif outcome is OLDER:
                     older += 1
-                elif outcome is Outcome.LISTED_AWAY:
+                elif outcome is LISTED_AWAY:
                     listed_away += 1
             counters = self.counters
             counters.applied += applied

