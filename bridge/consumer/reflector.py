@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 _CURRENT = ReadAs.CURRENT  # bound once: an Enum member lookup costs ~120 ns on Python 3.11, paid per message
 # A named tuple's own __new__ is a Python function, twice the cost of tuple's; one is made per message.
 _new_tuple = tuple.__new__
+BATCH_SIZE = 100
+"""Messages per poll batch. Small enough that the view frees what a batch replaces (older records,
+changes leaving the history) before 700 new objects start a young collection: the young collector
+then finds little to promote. At 500 a 100,000-record rebuild ran 651 collections (5 full, 0.17 s),
+at 100 it runs 152 (1 full, 0.03 s)."""
 MARKS_EVERY = 0.5  # s; taken on the reader's thread: confluent-kafka 2.16 blocks other threads' calls as it polls
 
 
@@ -87,7 +92,7 @@ class Reflector:
         sink: Sink,
         heartbeats_topic: str = "",  # "" or missing: liveness from HostRecords alone
         start: Position | None = None,
-        batch_size: int = 500,
+        batch_size: int = BATCH_SIZE,
         poll_timeout: float = 0.2,
         request_timeout: float = 10.0,
         max_backoff: float = 10.0,
