@@ -7,12 +7,16 @@ list again.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import Iterable
 
 from bridge.consumer.changes import Change
 from bridge.consumer.position import Offset, Position, TopicPartition
 from bridge.errors import BridgeError
+
+# In C, for the loop over every change that leaves the ring (each has a source: see extend).
+_SOURCE = operator.attrgetter("source")
 
 
 class PositionExpired(BridgeError):
@@ -43,8 +47,7 @@ class ChangeHistory:
         dropped = self._dropped
         # The highest, not the last: a partition replayed from a lower offset (after a log truncation)
         # can put an older offset after a newer one.
-        for _ in range(surplus):
-            topic, partition, offset = _source(popleft())
+        for topic, partition, offset in map(_SOURCE, [popleft() for _ in range(surplus)]):
             key = (topic, partition)
             if dropped.get(key, 0) <= offset:
                 dropped[key] = offset + 1

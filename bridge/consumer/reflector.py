@@ -43,7 +43,6 @@ from bridge.serde import MessageDecoder, Payload, ReadAs, RecordCodec
 
 __all__ = ["ConsumerError", "ConsumerFactory", "KafkaAccessError", "KafkaConsumer", "PollBatch",
            "Reflector", "ReflectorCounters", "Sink"]
-from bridge.serde.message_decoder import LazyHeaders
 
 log = logging.getLogger(__name__)
 _CURRENT = ReadAs.CURRENT  # bound once: an Enum member lookup costs ~120 ns on Python 3.11, paid per message
@@ -250,6 +249,7 @@ class Reflector:
         if raw and any(m.error() is None for m in raw):
             self._set_error(None)  # reading works again
         raw.reverse()
+        read = self._decoder.read
         while raw:
             # Popped, not iterated: each message is freed once read,
             # not kept to the end of the poll batch, where they would only add to the GC's young objects.
@@ -270,10 +270,16 @@ class Reflector:
                 self._next[where] = offset + 1
                 moved = True
             source = _new_tuple(Offset, (topic, partition, offset))
-            payload = self._decode(source, msg.key(), msg.value(), msg.headers)
-            if payload is not None:
-                payloads.append(payload)
-                sources.append(source)
+            key = msg.key()
+            try:  # _decode, inlined: this runs per message
+                payload, read_as = read(topic, key, msg.value(), msg.headers)
+            except DecodeError as exc:
+                self._skip_undecodable(source, key, exc)
+                continue
+            if read_as is not _CURRENT:
+                self._count_read_as(read_as, source)
+            payloads.append(payload)
+            sources.append(source)
         if payloads or moved:
             self._deliver(tuple(payloads), tuple(sources))
         if self._deferred:
@@ -304,26 +310,22 @@ class Reflector:
                 log.info("synced: read %s up to the high watermarks seen at start", self._topics[0])
         self._sink(PollBatch(payloads, sources, Position(self._next), self._synced))
 
-    def _decode(self, source: Offset, key: bytes | None, value: bytes | None,
-                headers: LazyHeaders) -> Payload | None:
-        try:
-            payload, read_as = self._decoder.read(source.topic, key, value, headers)
-        except DecodeError as exc:
-            with self._lock:
-                self._counts["undecodable"] += 1
-            log.warning("skipping undecodable message at %s (key %r): %s", source, _short(key), exc)
-            return None
-        if read_as is not _CURRENT:
-            with self._lock:
-                self._counts[read_as.value] += 1
-                first = self._counts[read_as.value] == 1
-            if read_as is ReadAs.LEGACY_FINGERPRINT and first:
-                log.warning("reading records written by libvirt-kafka-bridge 0.1.0 (first at %s): their "
-                            "single-object fingerprint is byte-reversed; accepted for this release only, "
-                            "counted as legacy_fingerprint", source)
-            elif read_as is ReadAs.NEWER_SCHEMA:
-                log.debug("record at %s was written with an unknown (newer) schema; extra fields ignored", source)
-        return payload
+    def _skip_undecodable(self, source: Offset, key: bytes | None, exc: DecodeError) -> None:
+        with self._lock:
+            self._counts["undecodable"] += 1
+        log.warning("skipping undecodable message at %s (key %r): %s", source, _short(key), exc)
+
+    def _count_read_as(self, read_as: ReadAs, source: Offset) -> None:
+        """Count a message read other than as CURRENT (and say so, the first time for 0.1.0's)."""
+        with self._lock:
+            self._counts[read_as.value] += 1
+            first = self._counts[read_as.value] == 1
+        if read_as is ReadAs.LEGACY_FINGERPRINT and first:
+            log.warning("reading records written by libvirt-kafka-bridge 0.1.0 (first at %s): their "
+                        "single-object fingerprint is byte-reversed; accepted for this release only, "
+                        "counted as legacy_fingerprint", source)
+        elif read_as is ReadAs.NEWER_SCHEMA:
+            log.debug("record at %s was written with an unknown (newer) schema; extra fields ignored", source)
 
     # -- errors ------------------------------------------------------------------------------------
 
