@@ -22,6 +22,7 @@ import time
 import uuid as uuid_mod
 import weakref
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -48,6 +49,24 @@ log = logging.getLogger(__name__)
 _CURRENT = ReadAs.CURRENT  # bound once: an Enum member lookup costs ~120 ns on Python 3.11, paid per message
 # A named tuple's own __new__ is a Python function, twice the cost of tuple's; one is made per message.
 _new_tuple = tuple.__new__
+FETCH_TUNING: Mapping[str, int] = MappingProxyType({
+    # While the client's queue of fetched messages is full it fetches only the partitions read to
+    # their end, and a fetch with nothing to return waits this long: librdkafka's 500 ms stalled one
+    # sync in five by half a second. 100 ms bounds that; the cost is an idle reader's ten fetch
+    # requests a second per broker instead of two.
+    "fetch.wait.max.ms": 100,
+    # A partition whose queue of fetched messages is over queued.max.messages.kbytes (64 MiB) is not
+    # fetched again for this long. At librdkafka's 1000 ms a rebuild read the queue dry long before
+    # the next fetch: 70-200 ms stalls in one sync of two (100,000 records of 1.8 KB, zstd). The
+    # check is local (no request while the queue is full).
+    "fetch.queue.backoff.ms": 20,
+    # librdkafka 2.16 drops the bootstrap connection once the metadata names the brokers, and a
+    # request in flight on it (the reader's first, for the partitions) waits out the half of this
+    # backoff that new connections are held back: 50 ms of every start at the default 100 ms, 5 ms
+    # here. A down broker is retried from 10 ms on, still backing off to reconnect.backoff.max.ms (10 s).
+    "reconnect.backoff.ms": 10,
+})
+"""The reader's librdkafka settings that differ from the defaults; a caller's client_config wins."""
 BATCH_SIZE = 100
 """Messages per poll batch. Small enough that the view frees what a batch replaces (older records,
 changes leaving the history) before 700 new objects start a young collection: the young collector
@@ -121,17 +140,7 @@ class Reflector:
         self._connected = False
         self._access_problem: KafkaProblem | None = None
         config: dict[str, Any] = {
-            # While the client's queue of fetched messages is full it fetches only the partitions read
-            # to their end, and a fetch with nothing to return waits this long: librdkafka's 500 ms
-            # stalled one sync in five by half a second. 100 ms bounds that; the cost is an idle
-            # reader's ten fetch requests a second per broker instead of two. A caller's setting wins.
-            "fetch.wait.max.ms": 100,
-            # librdkafka 2.16 drops the bootstrap connection once the metadata names the brokers, and a
-            # request in flight on it (the reader's first, for the partitions) waits out the half of
-            # this backoff that new connections are held back: 50 ms of every start at the default
-            # 100 ms, 5 ms here. A down broker is retried from 10 ms on, still backing off to
-            # reconnect.backoff.max.ms (10 s).
-            "reconnect.backoff.ms": 10,
+            **FETCH_TUNING,
             **client_config,
             # librdkafka insists on a group id; with assign() and no commits no group is ever joined.
             "group.id": f"libvirt-kafka-bridge-reader-{uuid_mod.uuid4()}",

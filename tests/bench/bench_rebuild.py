@@ -4,8 +4,9 @@ This process produces 100k DomainRecords (20k domains x 5 versions, ~1.5 KB of r
 each) straight to a fresh 3-partition compacted topic with :class:`bridge.serde.RecordCodec` and a
 confluent_kafka Producer (the agent's producer settings), then, in the same run and on the same broker:
 
-1. ``raw``: a bare consumer reads every partition from the beginning to the high watermarks and decodes
-   each message with ``RecordCodec.decode_domain`` (the floor for any Python reader);
+1. ``raw``: a bare consumer (with the Informer's librdkafka settings, ``FETCH_TUNING``) reads every
+   partition from the beginning to the high watermarks and decodes each message with
+   ``RecordCodec.decode_domain`` (the floor for any Python reader);
 2. ``informer``: :class:`bridge.consumer.Informer` starts on the topic (and an empty hosts topic) and
    is timed until ``wait_for_sync()`` returns, with the view checked to hold every domain.
 
@@ -172,8 +173,12 @@ def _raw_consume(env: BenchEnv, topic: str, expected: int, *, generic: bool = Fa
 
         def decode(value: bytes | None, key: bytes | None) -> Any:
             return codec.decode_domain(value, key)
-    consumer = Consumer({"bootstrap.servers": env.bootstrap, "group.id": "bench-" + uuid_mod.uuid4().hex,
-                         "enable.auto.commit": False})
+    from bridge.consumer.reflector import FETCH_TUNING  # noqa: PLC0415
+
+    # The Informer's librdkafka tuning too, so that the ratio measures the Informer's own work: at the
+    # defaults this reader stalls on a full fetch queue as the Informer once did.
+    consumer = Consumer({**FETCH_TUNING, "bootstrap.servers": env.bootstrap,
+                         "group.id": "bench-" + uuid_mod.uuid4().hex, "enable.auto.commit": False})
     progress(f"{NAME}: raw consume + decode of {expected:,} records")
     t = time.monotonic()
     try:

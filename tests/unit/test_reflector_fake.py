@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pytest
 from confluent_kafka import KafkaError
 
 from bridge.consumer.position import Position
@@ -103,14 +104,16 @@ def test_a_fetch_with_nothing_to_return_waits_at_most_100_ms_unless_the_caller_s
         assert consumer.config is not None and consumer.config["fetch.wait.max.ms"] == expected
 
 
-def test_the_first_reconnect_waits_10_ms_unless_the_caller_says_otherwise():
-    # librdkafka 2.16 drops the bootstrap connection under the reader's first request, which then
-    # waited half of the default 100 ms before it was sent again: 40 ms of every start.
-    for client_config, expected in (({}, 10), ({"reconnect.backoff.ms": 100}, 100)):
+@pytest.mark.parametrize(("setting", "ours", "why"), [
+    ("reconnect.backoff.ms", 10, "the bootstrap connection dropped under the first request held it 50 ms"),
+    ("fetch.queue.backoff.ms", 20, "a full queue held the next fetch 1 s, and rebuilds read it dry"),
+])
+def test_the_readers_librdkafka_tuning_applies_unless_the_caller_says_otherwise(setting, ours, why):
+    for client_config, expected in (({}, ours), ({setting: 500}, 500)):
         consumer = fake_topics()
         Reflector(client_config, CODEC, domains_topic=DOMAINS, hosts_topic=HOSTS, sink=Batches(),
                   consumer_factory=consumer.factory)
-        assert consumer.config is not None and consumer.config["reconnect.backoff.ms"] == expected
+        assert consumer.config is not None and consumer.config[setting] == expected, why
 
 
 def test_empty_topics_are_synced_at_once():
