@@ -79,6 +79,10 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
                           50_000.0, "records/s", True))
         out.append(Target("1,000-host fleet: fresh sync after steady traffic <= 2x the first",
                           fleet.get("steady_sync_ratio", nan), 2.0, "x", False))
+        for key, what in (("held_per_domain_b", "memory held (RSS after malloc_trim)"),
+                          ("view_per_domain_b", "view (sys.getsizeof)")):
+            out.append(Target(f"1,000-host fleet: consumer {what} per domain <= 2x the record",
+                              fleet.get(key, nan), 2 * fleet.get("record_b", nan), "B", False))
     outage = m.get("outage", {})
     if outage:
         out.append(Target("10,000 domains, broker outage: agent RSS max <= 120 MiB",
