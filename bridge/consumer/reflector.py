@@ -280,7 +280,7 @@ class Reflector:
                 moved = True
             source = _new_tuple(Offset, (topic, partition, offset))
             key = msg.key()
-            try:  # _decode, inlined: this runs per message
+            try:  # decoded here, not in a method of its own: this runs per message
                 payload, read_as = read(topic, key, msg.value(), msg.headers)
             except DecodeError as exc:
                 self._skip_undecodable(source, key, exc)
