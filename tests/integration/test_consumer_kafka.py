@@ -267,7 +267,9 @@ def test_handlers_and_iterator_get_the_synced_view_as_adds_then_each_change(topi
              ("delete", a, str(v + 2)), (ChangeType.DELETED, ChangeCause.DELETED)),
             (lambda: topics.domain(domain(g, v + 5, host="hv2")),
              ("add", g, str(v + 5)), (ChangeType.ADDED, ChangeCause.RECORD)),
-            (lambda: topics.host(host("hv2", listed_at=v + 6, inventory={})),   # g's delete was missed
+            # g's delete was missed. The hosts topic was empty at start, so the reader assigned its
+            # partition only after the first poll: what comes to it later is read all the same.
+            (lambda: topics.host(host("hv2", listed_at=v + 6, inventory={})),
              ("delete", g, str(v + 5)), (ChangeType.DELETED, ChangeCause.INVENTORY)),
         ]
         # One step at a time: a lagging reader would get merged changes, which is allowed but not this test.
