@@ -255,8 +255,9 @@ def run(env: BenchEnv, domains: int = DOMAINS, versions: int = VERSIONS) -> Benc
     raw, generic = (max(passes[k], key=lambda p: p["records_per_s"]) for k in ("raw", "raw_fastavro"))
     informer = max(passes["informer"], key=lambda p: p["records_per_s"]) if passes["informer"] else None
     result.add("rebuild_raw_records_per_s", "rebuild: raw consume + decode", raw["records_per_s"], "records/s",
-               f"a bare consumer reads {total:,} DomainRecords (~{produced['avg_value_bytes']} B each, zstd) from the "
-               "beginning of 3 partitions and decodes each with RecordCodec: the floor for a Python reader")
+               f"a bare consumer (the Informer's librdkafka settings) reads {total:,} DomainRecords "
+               f"(~{produced['avg_value_bytes']} B each, zstd) from the beginning of 3 partitions and decodes each "
+               "with RecordCodec: the floor for a Python reader")
     result.add("rebuild_raw_fastavro_records_per_s", "rebuild: raw consume + fastavro", generic["records_per_s"],
                "records/s", "the same, each value decoded by fastavro's generic reader into a dict (no record "
                "built, no checks): what a Python reader without the bridge's decoder pays")
