@@ -32,7 +32,11 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "compression.type": "zstd",
     "partitioner": "murmur2_random",
-    "linger.ms": 5,
+    # An event's record waits at most this long for others to share its request. At 5 ms (Kafka's
+    # own default) the p99 at 1000 events/s was level with a bare virsh|kcat pipe's (9.6 to 18.2 ms
+    # against 16.8 to 17.9); at 1 ms it is 8.3 to 10.9, with bursts and the 2000/s tail unchanged
+    # (in flight, requests still batch). --kafka-config linger.ms=20 trades latency for bursts.
+    "linger.ms": 1,
     "message.timeout.ms": 0,
     "retry.backoff.max.ms": 5000,
 }

@@ -7,7 +7,7 @@ event per operation. It timestamps every call (wall clock, before and after). A 
 process stamps every record the moment its poll returns it (wall clock, same machine). Per event:
 
 - ``event -> visible``: the agent's ``events[].received_at`` -> the record visible to a consumer. That
-  includes the snapshot read, the version persisted (fsync), produce (``linger.ms=5``), the broker's
+  includes the snapshot read, the version persisted (fsync), produce (``linger.ms=1``), the broker's
   ``acks=all`` append (a record becomes visible to consumers only once it is committed, i.e. acked)
   and the consumer's fetch. This is the number a reader of the topic sees.
 - ``event -> snapshot``: ``received_at`` -> ``observed_at`` (both agent clock): the agent-internal part

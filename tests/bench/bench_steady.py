@@ -6,7 +6,7 @@ Writes the fleet's first resync as :mod:`tests.bench.bench_fleet_log` does (its 
 handler and waits for it to sync and for the handler to have had the synced view's 100,000 adds (an
 update queued behind its domain's add would be merged into it). Then, for ``STEADY_S`` seconds
 (``LKB_BENCH_STEADY_S``, default 60), a producer in its own process (so it never shares the consumer's
-GIL; the agent's producer settings, ``linger.ms`` 5) writes, paced as one interleaved schedule:
+GIL; the agent's producer settings, ``linger.ms`` 1) writes, paced as one interleaved schedule:
 
 - every host's heartbeat every ``HEARTBEAT_INTERVAL_S`` (10 s: 100 heartbeats/s, spread evenly), made
   by :func:`heartbeat` as the agent makes it: a HostRecord without the inventory on the heartbeats
