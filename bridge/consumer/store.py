@@ -148,14 +148,10 @@ class Store:
         if listing is not None and listing.lists_away(record):
             changes.extend(self._remove(uuid, record.version, ChangeCause.INVENTORY, source))
             return LISTED_AWAY
+        self._put(record, held)
         if held is None:
-            self._put(record, None)
             changes.append(new_change(_ADDED, uuid, None, record, _BY_RECORD, source))
         else:
-            if held.host == record.host:  # _put's common case, inlined: this runs per record
-                self._domains[uuid] = record
-            else:
-                self._put(record, held)
             changes.append(new_change(_UPDATED, uuid, held, record, _BY_RECORD, source))
         return APPLIED
 

@@ -84,8 +84,6 @@ class MessageDecoder:
              headers: LazyHeaders = None) -> tuple[Payload, ReadAs]:
         """:meth:`decode` as a pair (payload, how it was read), for readers that unwrap every message."""
         try:
-            if topic == self._domains_topic and value is not None:  # nearly every message: no _read call
-                return self._codec.read_domain(value, key)
             return self._read(topic, key, value)
         except DecodeError as exc:
             foreign = _foreign_cloud_event_type(headers() if callable(headers) else headers)
