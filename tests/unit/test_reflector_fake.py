@@ -94,17 +94,10 @@ def test_synced_only_once_the_position_reaches_every_watermark_seen_at_start():
     assert len(read) == 6
 
 
-def test_a_fetch_with_nothing_to_return_waits_at_most_100_ms_unless_the_caller_says_otherwise():
+@pytest.mark.parametrize(("setting", "ours", "why"), [
     # librdkafka's 500 ms stalled a sync by half a second whenever its queue of fetched messages
     # filled and only partitions read to their end were fetched (measured: 2 syncs of 10).
-    for client_config, expected in (({}, 100), ({"fetch.wait.max.ms": 500}, 500)):
-        consumer = fake_topics()
-        Reflector(client_config, CODEC, domains_topic=DOMAINS, hosts_topic=HOSTS, sink=Batches(),
-                  consumer_factory=consumer.factory)
-        assert consumer.config is not None and consumer.config["fetch.wait.max.ms"] == expected
-
-
-@pytest.mark.parametrize(("setting", "ours", "why"), [
+    ("fetch.wait.max.ms", 100, "a fetch with nothing to return must wait at most 100 ms"),
     ("reconnect.backoff.ms", 10, "the bootstrap connection dropped under the first request held it 50 ms"),
     ("fetch.queue.backoff.ms", 20, "a full queue held the next fetch 1 s, and rebuilds read it dry"),
 ])
