@@ -170,15 +170,22 @@ class ConfluentSerializer:
         self._header: bytes | None = None
 
     def __call__(self, value: Mapping[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._registered())
+        fastavro.schemaless_writer(buf, self._schema, value)
+        return buf.getvalue()
+
+    def frame(self, body: bytes) -> bytes:
+        """A message of ``body``, the Avro binary of one value of the schema (written elsewhere)."""
+        return self._registered() + body
+
+    def _registered(self) -> bytes:
         if self._header is None:
             from confluent_kafka.schema_registry import Schema  # noqa: PLC0415
 
             schema_id = self._client.register_schema(self._subject, Schema(self._raw, schema_type="AVRO"))
             self._header = MAGIC + int(schema_id).to_bytes(4, "big")
-        buf = io.BytesIO()
-        buf.write(self._header)
-        fastavro.schemaless_writer(buf, self._schema, value)
-        return buf.getvalue()
+        return self._header
 
 
 class ConfluentDeserializer:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainRecord, HostRecord
 from bridge.serde import confluent_wire, single_object
 from bridge.serde.domain_reader import AgentTable, DomainRecordReader
+from bridge.serde.domain_writer import DomainRecordWriter
 from bridge.serde.read_as import ReadAs
 from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema
 
@@ -28,12 +29,18 @@ class Decoded(Generic[T]):
     read_as: ReadAs = ReadAs.CURRENT
 
 
+class _Serializer(Protocol):
+    def __call__(self, value: Mapping[str, Any]) -> bytes: ...
+
+    def frame(self, body: bytes) -> bytes: ...
+
+
 class _TopicCodec:
     """One record type: a serializer for the configured format, a reader of both formats."""
 
     def __init__(self, name: str, schema: dict[str, Any], registry: Any | None, subject: str) -> None:
         self._soe_read = single_object.SingleObjectDeserializer(schema)
-        self._write: Callable[[Mapping[str, Any]], bytes]
+        self._write: _Serializer
         self._cf_read: confluent_wire.ConfluentDeserializer | None = None
         if registry is None:
             self._write = single_object.SingleObjectSerializer(schema)
@@ -44,6 +51,10 @@ class _TopicCodec:
 
     def encode(self, value: Mapping[str, Any]) -> bytes:
         return self._write(value)
+
+    def frame(self, body: bytes) -> bytes:
+        """The message of an Avro body written by a record's own writer."""
+        return self._write.frame(body)
 
     def decode(self, data: bytes | None) -> tuple[dict[str, Any], ReadAs]:
         if not data:
@@ -82,13 +93,14 @@ class RecordCodec:
         self._beat = _TopicCodec("host_record", host_schema(), registry, f"{heartbeats_topic}-value")
         self._agents = AgentTable()
         self._domain_reader = DomainRecordReader(self._agents)
+        self._domain_writer = DomainRecordWriter()
 
     def _agent(self, d: Mapping[str, Any]) -> AgentInfo:
         key = (d["instance_id"], d["software_version"], d["libvirt_version"])
         return self._agents.get(key) or self._agents.add(key, AgentInfo.from_avro(d))
 
     def encode_domain(self, record: DomainRecord) -> bytes:
-        return self._domain.encode(record.to_avro())
+        return self._domain.frame(self._domain_writer.write(record))
 
     def encode_host(self, record: HostRecord) -> bytes:
         return self._host.encode(record.to_avro())

@@ -46,6 +46,10 @@ class SingleObjectSerializer:
         fastavro.schemaless_writer(buf, self._schema, value)
         return buf.getvalue()
 
+    def frame(self, body: bytes) -> bytes:
+        """A message of ``body``, the Avro binary of one value of the schema (written elsewhere)."""
+        return self._header + body
+
 
 class SingleObjectDeserializer:
     """Decodes single-object messages into dicts of ``reader_schema``; says how each was read.

@@ -7,7 +7,8 @@ encoding (``BinaryMessageEncoder``) with Avro's reference implementation, so a m
 bridge's Python serde and a Python check (such as the fingerprint's byte order) cannot hide.
 
 fastavro only prepares the input here: it writes each datum as Avro JSON, which Java reads back with
-``JsonDecoder``. The bytes compared are the bridge's own (``bridge.serde.single_object``). Avro leaves
+``JsonDecoder``. The bytes compared are the bridge's own: ``RecordCodec.encode_domain`` (the agent's
+hand-written DomainRecord writer) and ``bridge.serde.single_object`` for host records. Avro leaves
 the order of map entries to the writer (Java's maps are hash maps), so data with a map of several
 entries are compared the other way round: Java's ``BinaryMessageDecoder`` reads the bridge's bytes
 back to an equal datum. That check runs for every case.
@@ -24,6 +25,7 @@ import pytest
 from fastavro.schema import to_parsing_canonical_form
 
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, HostRecord, HostStatus, InventoryEntry, RecordKind
+from bridge.serde import RecordCodec
 from bridge.serde.schema_files import domain_schema, host_schema
 from bridge.serde.single_object import SingleObjectSerializer, schema_fingerprint
 from tests.support.java import DOMAIN_AVSC, HOST_AVSC, oracle_jar, run_java
@@ -84,12 +86,12 @@ def java_golden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     cases = [(f"domain/{n}", DOMAIN_AVSC, domain_schema(), r.to_avro()) for n, r in DOMAINS.items()]
     cases += [(f"host/{n}", HOST_AVSC, host_schema(), r.to_avro()) for n, r in HOSTS.items()]
     args: list[str] = []
-    for i, (_name, avsc, schema, datum) in enumerate(cases):
+    for i, (name, avsc, schema, datum) in enumerate(cases):
         path = tmp / f"datum{i}.json"
         with path.open("w", encoding="utf-8") as fo:
             fastavro.json_writer(fo, schema, [datum])
         ours = tmp / f"datum{i}.bin"
-        ours.write_bytes(SingleObjectSerializer(schema)(datum))
+        ours.write_bytes(_ours(name))
         args += [str(avsc), str(path), str(ours)]
     out = run_java(jar, ["golden", *args], timeout=60)
     assert out.returncode == 0, f"oracle golden failed ({out.returncode}):\n{out.stderr[-3000:]}"
@@ -112,11 +114,12 @@ def test_fingerprint_matches_avro_java(java_golden, name, schema):
 CASES = [f"domain/{n}" for n in DOMAINS] + [f"host/{n}" for n in HOSTS]
 
 
-def _ours(case: str) -> str:
+def _ours(case: str) -> bytes:
+    """The bytes the bridge writes for ``case``."""
     kind, name = case.split("/")
-    record: DomainRecord | HostRecord = DOMAINS[name] if kind == "domain" else HOSTS[name]
-    schema = domain_schema() if kind == "domain" else host_schema()
-    return SingleObjectSerializer(schema)(record.to_avro()).hex()
+    if kind == "domain":
+        return RecordCodec().encode_domain(DOMAINS[name])
+    return SingleObjectSerializer(host_schema())(HOSTS[name].to_avro())
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -131,7 +134,7 @@ def test_avro_java_decodes_our_encoding_to_the_same_datum(java_golden, case):
 def test_single_object_encoding_matches_avro_java_byte_for_byte(java_golden, case):
     """The bridge's single-object bytes equal Java's ``BinaryMessageEncoder``'s (independent oracle)."""
     java = java_golden[case]
-    ours = _ours(case)
+    ours = _ours(case).hex()
     assert ours[:4] == java["encoding"][:4] == "c301"
     assert ours[4:20] == java["encoding"][4:20] == java["fingerprint"], "fingerprint in the header"
     assert ours == java["encoding"]
