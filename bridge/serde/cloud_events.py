@@ -10,12 +10,17 @@ and CloudEvents-level deduplication sees it as the same event.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from bridge.records import DomainRecord, HostRecord, RecordKind
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The years datetime (and RFC 3339's four digits) can write.
+_FIRST_SECOND = int((datetime(1, 1, 1, tzinfo=UTC) - _EPOCH).total_seconds())
+_LAST_SECOND = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - _EPOCH).total_seconds())
+_gmtime, _strftime = time.gmtime, time.strftime
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -77,5 +82,9 @@ def _headers(event_id: str, host: str, ce_type: str, time_us: int, subject: str,
 
 
 def _rfc3339(micros: int) -> str:
-    # Exact: a float division would round some microseconds.
-    return (_EPOCH + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Exact: a float division would round some microseconds. gmtime and strftime, not datetime
+    # arithmetic: half the cost, paid for every message the agent writes.
+    seconds, micro = divmod(micros, 1_000_000)
+    if not _FIRST_SECOND <= seconds <= _LAST_SECOND:
+        raise OverflowError(f"{micros} us since 1970 is outside the years 1 to 9999")
+    return f"{_strftime('%Y-%m-%dT%H:%M:%S', _gmtime(seconds))}.{micro:06d}Z"
