@@ -25,6 +25,7 @@ _gmtime, _strftime = time.gmtime, time.strftime
 Headers = tuple[tuple[str, bytes], ...]
 
 SPEC_VERSION = "1.0"
+_SPEC_VERSION_UTF8 = SPEC_VERSION.encode()
 CONTENT_TYPE = "application/avro"
 TYPE_PREFIX = "io.libvirt_kafka_bridge"
 DOMAIN_TYPES = {
@@ -68,17 +69,17 @@ def heartbeat_headers(record: HostRecord) -> Headers:
 
 def _headers(event_id: str, host: str, ce_type: str, time_us: int, subject: str,
              content_type: str | None) -> Headers:
-    out = [
-        ("ce_specversion", SPEC_VERSION),
-        ("ce_id", event_id),
-        ("ce_source", source(host)),
-        ("ce_type", ce_type),
-        ("ce_time", _rfc3339(time_us)),
-        ("ce_subject", subject),
-    ]
-    if content_type is not None:
-        out.append(("content-type", content_type))
-    return tuple((k, v.encode("utf-8")) for k, v in out)
+    # One tuple, each value encoded in place: a generator over a list of pairs cost twice as much, for
+    # every message the agent writes.
+    headers = (
+        ("ce_specversion", _SPEC_VERSION_UTF8),
+        ("ce_id", event_id.encode()),
+        ("ce_source", source(host).encode()),
+        ("ce_type", ce_type.encode()),
+        ("ce_time", _rfc3339(time_us).encode()),
+        ("ce_subject", subject.encode()),
+    )
+    return headers if content_type is None else (*headers, ("content-type", content_type.encode()))
 
 
 def _rfc3339(micros: int) -> str:
