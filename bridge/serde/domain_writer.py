@@ -3,7 +3,7 @@
 The agent encodes every record it publishes, on its ``pipeline`` thread. fastavro's generic writer
 takes the dict :meth:`DomainRecord.to_avro` builds and walks the parsed schema for each field: about
 18 us a record. This writes the fields of ``schemas/domain_record.avsc`` in order straight from the
-record, in about a third of that. It is the mirror of :mod:`bridge.serde.domain_reader`; fastavro is
+record, in less than half of that. It is the mirror of :mod:`bridge.serde.domain_reader`; fastavro is
 the oracle its tests hold it to (the same bytes for every record), and Apache Avro's Java library
 reads what the agent writes in the integration tests.
 """
