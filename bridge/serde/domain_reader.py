@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
 from bridge.slot_builder import slot_builder
 
-_KINDS = (RecordKind.EVENT, RecordKind.RESYNC, RecordKind.DELETED)  # the enum's symbols, in order
+KINDS = (RecordKind.EVENT, RecordKind.RESYNC, RecordKind.DELETED)
+"""The schema's RecordKind symbols, in order: a kind's index is its Avro encoding."""
 _MAX_AGENTS = 100_000
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 _CONTINUED = 0x8080808080808080  # the continuation bits of 8 varint bytes, read little-endian
@@ -28,6 +30,7 @@ _EIGHT_BYTES = 0x0080808080808080  # set in the first 7 bytes, clear in the 8th
 _intern = sys.intern
 _new_record = slot_builder(DomainRecord)  # every field given, in the dataclass's order
 _new_event = slot_builder(DomainEvent)
+V = TypeVar("V")
 
 
 class _Malformed(Exception):
@@ -144,18 +147,19 @@ def _bool(buf: bytes, pos: int) -> bool:
     return b == 1
 
 
-class AgentTable:
-    """One AgentInfo per agent instance, shared by every record it wrote (they are most of a record's
-    objects); dropped whole when it outgrows any fleet's live agents (restarts add instances)."""
+class AgentTable(Generic[V]):
+    """One value per agent instance: the reader's AgentInfo, shared by every record it wrote (they are
+    most of a record's objects), or the writer's encoded bytes. Dropped whole when it outgrows any
+    fleet's live agents (restarts add instances)."""
 
     def __init__(self, limit: int = _MAX_AGENTS) -> None:
         self._limit = limit
-        self._agents: dict[Hashable, AgentInfo] = {}
+        self._agents: dict[Hashable, V] = {}
 
-    def get(self, key: Hashable) -> AgentInfo | None:
+    def get(self, key: Hashable) -> V | None:
         return self._agents.get(key)
 
-    def add(self, key: Hashable, agent: AgentInfo) -> AgentInfo:
+    def add(self, key: Hashable, agent: V) -> V:
         if len(self._agents) >= self._limit:
             self._agents.clear()
         self._agents[key] = agent
@@ -165,8 +169,8 @@ class AgentTable:
 class DomainRecordReader:
     """Reads DomainRecords from Avro binary, each record's agent taken from ``agents`` by its bytes."""
 
-    def __init__(self, agents: AgentTable | None = None) -> None:
-        self._agents = agents if agents is not None else AgentTable()
+    def __init__(self, agents: AgentTable[AgentInfo] | None = None) -> None:
+        self._agents: AgentTable[AgentInfo] = agents if agents is not None else AgentTable()
 
     def read(self, buf: bytes, pos: int = 0) -> DomainRecord:
         """The record whose Avro binary starts at ``pos``; raises DecodeError if the bytes are not one."""
@@ -181,7 +185,7 @@ class DomainRecordReader:
         name, pos = _str(buf, pos)
         host, pos = _str(buf, pos)
         version, pos = _long(buf, pos)
-        kind, pos = _index(buf, pos, len(_KINDS), "an enum")
+        kind, pos = _index(buf, pos, len(KINDS), "an enum")
         if buf[pos] == 0:  # no events: the common RESYNC record
             events: tuple[DomainEvent, ...] = ()
             pos += 1
@@ -201,7 +205,7 @@ class DomainRecordReader:
         resync_id, pos = _opt_str(buf, pos)
         # The few distinct hosts, states, reasons and resync ids are interned: a view of 100,000
         # domains would otherwise hold 100,000 copies of "RUNNING".
-        return _new_record(uuid, name, _intern(host), version, _KINDS[kind], agent, observed_at, events,
+        return _new_record(uuid, name, _intern(host), version, KINDS[kind], agent, observed_at, events,
                            elided, state and _intern(state), reason and _intern(reason), active, persistent, xml,
                            resync_id and _intern(resync_id))
 

@@ -10,17 +10,17 @@ reads what the agent writes in the integration tests.
 
 from __future__ import annotations
 
-from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
+from bridge.records import AgentInfo, DomainEvent, DomainRecord
+from bridge.serde.domain_reader import KINDS, AgentTable
 
-_KIND_INDEX = {RecordKind.EVENT: b"\x00", RecordKind.RESYNC: b"\x02", RecordKind.DELETED: b"\x04"}
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+_KIND_INDEX = {kind: bytes((i << 1,)) for i, kind in enumerate(KINDS)}  # the symbol's index, zig-zag
 # Zig-zag values of 49 to 56 bits take exactly 8 varint bytes: versions and timestamps in
 # microseconds since 1970 (2^50 is the year 2005, 2^55 the year 3111).
 _EIGHT_LOW, _EIGHT_HIGH = 1 << 49, 1 << 56
 _SMALL = [bytes((n,)) for n in range(0x80)]
 _NULL = b"\x00"  # also: false, an empty array or map, the end of one
 _TRUE = b"\x01"
-_MAX_AGENTS = 1_000
 
 
 def _long(n: int) -> bytes:
@@ -34,7 +34,7 @@ def _long(n: int) -> bytes:
                 .to_bytes(4, "little")
                 + (hi & 0x7F | hi << 1 & 0x7F00 | hi << 2 & 0x7F0000 | hi << 3 & 0x7F000000 | 0x808080)
                 .to_bytes(4, "little"))
-    if 0 <= z < 0x80:
+    if z < 0x80:  # z >= 0 for every n
         return _SMALL[z]
     if not _LONG_MIN <= n <= _LONG_MAX:
         raise ValueError(f"{n} does not fit an Avro long")
@@ -75,8 +75,8 @@ def _events(events: tuple[DomainEvent, ...]) -> bytes:
 class DomainRecordWriter:
     """Writes DomainRecords as Avro binary; each agent's bytes are encoded once and kept."""
 
-    def __init__(self) -> None:
-        self._agents: dict[AgentInfo, bytes] = {}
+    def __init__(self, agents: AgentTable[bytes] | None = None) -> None:
+        self._agents: AgentTable[bytes] = agents if agents is not None else AgentTable()
 
     def write(self, record: DomainRecord) -> bytes:
         """The Avro binary of ``record`` (no single-object or registry header); ValueError if a field
@@ -87,9 +87,7 @@ class DomainRecordWriter:
             raise ValueError(f"not a DomainRecord the schema can hold ({record.uuid!r}): {exc}") from None
 
     def _write(self, record: DomainRecord) -> bytes:
-        agent = self._agents.get(record.agent)
-        if agent is None:
-            agent = self._agent(record.agent)
+        agent = self._agents.get(record.agent) or self._agent(record.agent)
         return b"".join((
             _str(record.uuid), _str(record.name), _str(record.host), _long(record.version),
             _KIND_INDEX[record.kind], _events(record.events), _long(record.events_elided),
@@ -99,8 +97,5 @@ class DomainRecordWriter:
         ))
 
     def _agent(self, agent: AgentInfo) -> bytes:
-        if len(self._agents) >= _MAX_AGENTS:
-            self._agents.clear()  # an agent writes as one instance; only tests make many
         raw = _str(agent.instance_id) + _str(agent.software_version) + _str(agent.libvirt_version)
-        self._agents[agent] = raw
-        return raw
+        return self._agents.add(agent, raw)

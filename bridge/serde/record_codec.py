@@ -91,7 +91,7 @@ class RecordCodec:
         self._host = _TopicCodec("host_record", host_schema(), registry, f"{hosts_topic}-value")
         # A heartbeat is a HostRecord without its inventory, on its own topic (and registry subject).
         self._beat = _TopicCodec("host_record", host_schema(), registry, f"{heartbeats_topic}-value")
-        self._agents = AgentTable()
+        self._agents: AgentTable[AgentInfo] = AgentTable()
         self._domain_reader = DomainRecordReader(self._agents)
         self._domain_writer = DomainRecordWriter()
 

@@ -12,6 +12,7 @@ from hypothesis import given
 
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
 from bridge.serde import RecordCodec
+from bridge.serde.domain_reader import AgentTable
 from bridge.serde.domain_writer import DomainRecordWriter
 from bridge.serde.single_object import HEADER_LEN
 from tests.unit.test_domain_reader import body, records
@@ -45,8 +46,8 @@ def test_longs_at_every_varint_length_edge_are_written_as_fastavro_writes_them()
 
 
 def test_one_writer_writes_each_records_own_agent_also_past_its_cache_of_agents():
-    writer = DomainRecordWriter()
-    agents = [AgentInfo(f"instance-{i}", "1.0", "9.0.0") for i in range(1_005)]
+    writer = DomainRecordWriter(AgentTable(limit=10))
+    agents = [AgentInfo(f"instance-{i}", "1.0", "9.0.0") for i in range(25)]
     for agent in (*agents, agents[0], agents[-1], agents[3]):
         rec = record(agent=agent)
         assert writer.write(rec) == body(rec)
