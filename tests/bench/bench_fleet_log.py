@@ -31,7 +31,7 @@ import os
 import sys
 import time
 import uuid as uuid_mod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,11 +54,15 @@ SAMPLE_S = 15.0
 SYNCS = 3
 
 
-def send(producer: Any, topic: str, key: bytes, value: bytes, failed: list[str], headers: Any = None) -> None:
-    """Produce one message, waiting out a full queue; a failed delivery's error lands in ``failed``."""
+def send(producer: Any, topic: str, key: bytes, value: bytes, failed: list[str], headers: Any = None,
+         acked: Callable[[], None] | None = None) -> None:
+    """Produce one message, waiting out a full queue; a failed delivery's error lands in ``failed``, a
+    successful one calls ``acked`` (from the producer's poll)."""
     def on_delivery(err: Any, _msg: Any) -> None:
         if err is not None:
             failed.append(str(err))
+        elif acked is not None:
+            acked()
 
     while True:
         try:

@@ -19,15 +19,17 @@ minus that record's ``observed_at`` (produce -> broker -> reflector -> view -> h
 p99, max (target p99 <= 100 ms). Also the achieved rates, whether the handler saw every domain's last
 version (records of one domain that change twice before the handler runs are merged into one call,
 counted as ``merged``), the consumer's CPU share (this process's CPU seconds over the window / wall
-seconds, as a fraction of one core: only the Informer runs here) and the longest full (generation 2)
-garbage collection of this process in the window, which stalls every thread of the consumer. The
-details hold every record's (produce time, lag) and the collections' (time, pause).
+seconds, as a fraction of one core: only the Informer runs here), the producer's own produce ->
+acknowledged times (``details.producer``: a stall on its side shows there, one on the consumer's does
+not) and the longest full (generation 2) garbage collection of this process in the window, which
+stalls every thread of the consumer. The details hold every record's (produce time, lag) and the collections' (time, pause).
 
 ``python -m tests.bench.bench_steady`` (``LKB_BENCH_STEADY_S=20`` for a quick check)
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -111,6 +113,13 @@ def producer_main(argv: list[str] | None = None) -> int:
     version = 0
     events = beats = 0
     states = (("PAUSED", "USER", False, "SUSPENDED", "PAUSED"), ("RUNNING", "UNPAUSED", True, "RESUMED", "UNPAUSED"))
+    # Produce -> acknowledged per EVENT record, (its time into the window, ms): a stall on the producer's
+    # side shows here, one on the consumer's does not.
+    acks: list[tuple[float, float]] = []
+
+    def on_acked(at_s: float, sent: float) -> None:
+        acks.append((at_s, (time.perf_counter() - sent) * 1000))
+
     cpu0 = time.process_time()
     start = now_us()
     pacer = Pacer(total_rate)
@@ -136,7 +145,8 @@ def producer_main(argv: list[str] | None = None) -> int:
                               agent=hr.agent, observed_at=at, state=state, reason=reason, active=active,
                               persistent=True, xml=xml,
                               events=(DomainEvent(id="lifecycle", received_at=at, type=etype, detail=detail),))
-        send(producer, settings.domains_topic, uuid.encode(), codec.encode_domain(record), failed)
+        send(producer, settings.domains_topic, uuid.encode(), codec.encode_domain(record), failed,
+             acked=functools.partial(on_acked, (at - start) / 1e6, time.perf_counter()))
         last[uuid] = version
         events += 1
     end = now_us()
@@ -145,8 +155,18 @@ def producer_main(argv: list[str] | None = None) -> int:
     print(json.dumps({"events": events, "heartbeats": beats, "heartbeats_topic": settings.heartbeats or None,
                       "start_us": start, "end_us": end, "seconds": (end - start) / 1e6,
                       "max_behind_s": round(pacer.max_behind, 4), "cpu_s": round(time.process_time() - cpu0, 3),
-                      "failed": len(failed) + left, "errors": failed[:3]}), flush=True)
+                      "failed": len(failed) + left, "errors": failed[:3], **_ack_summary(acks)}), flush=True)
     return 1 if failed or left else 0
+
+
+def _ack_summary(acks: list[tuple[float, float]]) -> dict[str, float]:
+    """The producer's side of the lag: produce -> acknowledged p50, p99, max, and when the slowest was sent."""
+    if not acks:
+        return {}
+    ms = sorted(m for _at, m in acks)
+    at_s, worst = max(acks, key=lambda a: a[1])
+    return {"ack_ms_p50": round(percentile(ms, 50), 2), "ack_ms_p99": round(percentile(ms, 99), 2),
+            "ack_ms_max": round(worst, 2), "ack_max_at_s": round(at_s, 3)}
 
 
 def run(env: BenchEnv) -> BenchResult:
@@ -231,8 +251,11 @@ def run(env: BenchEnv) -> BenchResult:
                                    f"{err.decode(errors='replace')[-2000:]} {out.decode(errors='replace')[-500:]}")
             summary = json.loads(out.decode().strip().splitlines()[-1])
             last: dict[str, int] = json.loads(out_path.read_text())
+            nan = float("nan")
             progress(f"{NAME}: producer done ({summary['events']:,} events, {summary['heartbeats']:,} heartbeats, "
-                     f"{summary['max_behind_s']:.3f}s behind its schedule at most); waiting for the handler")
+                     f"{summary['max_behind_s']:.3f}s behind its schedule at most; produce -> acknowledged p99 "
+                     f"{summary.get('ack_ms_p99', nan):.1f} ms, max {summary.get('ack_ms_max', nan):.1f} ms at "
+                     f"{summary.get('ack_max_at_s', nan):.2f}s); waiting for the handler")
 
             def handled() -> bool:
                 with lock:
