@@ -22,7 +22,8 @@ counted as ``merged``), the consumer's CPU share (this process's CPU seconds ove
 seconds, as a fraction of one core: only the Informer runs here), the producer's own produce ->
 acknowledged times (``details.producer``: a stall on its side shows there, one on the consumer's does
 not) and the longest full (generation 2) garbage collection of this process in the window, which
-stalls every thread of the consumer. The details hold every record's (produce time, lag) and the collections' (time, pause).
+stalls every thread of the consumer. The details hold every record's (produce time, lag) and the
+collections' (time, pause).
 
 ``python -m tests.bench.bench_steady`` (``LKB_BENCH_STEADY_S=20`` for a quick check)
 """
