@@ -14,23 +14,20 @@ fastavro lets through, e.g. a union index of -1 or a boolean byte of 7).
 from __future__ import annotations
 
 import sys
-from collections.abc import Hashable
-from typing import Generic, TypeVar
 
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
+from bridge.serde.agent_table import AgentTable
 from bridge.slot_builder import slot_builder
 
 KINDS = (RecordKind.EVENT, RecordKind.RESYNC, RecordKind.DELETED)
 """The schema's RecordKind symbols, in order: a kind's index is its Avro encoding."""
-_MAX_AGENTS = 100_000
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 _CONTINUED = 0x8080808080808080  # the continuation bits of 8 varint bytes, read little-endian
 _EIGHT_BYTES = 0x0080808080808080  # set in the first 7 bytes, clear in the 8th
 _intern = sys.intern
 _new_record = slot_builder(DomainRecord)  # every field given, in the dataclass's order
 _new_event = slot_builder(DomainEvent)
-V = TypeVar("V")
 
 
 class _Malformed(Exception):
@@ -145,25 +142,6 @@ def _bool(buf: bytes, pos: int) -> bool:
     if b > 1:
         raise _Malformed("a boolean byte other than 0 or 1")
     return b == 1
-
-
-class AgentTable(Generic[V]):
-    """One value per agent instance: the reader's AgentInfo, shared by every record it wrote (they are
-    most of a record's objects), or the writer's encoded bytes. Dropped whole when it outgrows any
-    fleet's live agents (restarts add instances)."""
-
-    def __init__(self, limit: int = _MAX_AGENTS) -> None:
-        self._limit = limit
-        self._agents: dict[Hashable, V] = {}
-
-    def get(self, key: Hashable) -> V | None:
-        return self._agents.get(key)
-
-    def add(self, key: Hashable, agent: V) -> V:
-        if len(self._agents) >= self._limit:
-            self._agents.clear()
-        self._agents[key] = agent
-        return agent
 
 
 class DomainRecordReader:

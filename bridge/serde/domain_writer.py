@@ -11,7 +11,8 @@ reads what the agent writes in the integration tests.
 from __future__ import annotations
 
 from bridge.records import AgentInfo, DomainEvent, DomainRecord
-from bridge.serde.domain_reader import KINDS, AgentTable
+from bridge.serde.agent_table import AgentTable
+from bridge.serde.domain_reader import KINDS
 
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 _KIND_INDEX = {kind: bytes((i << 1,)) for i, kind in enumerate(KINDS)}  # the symbol's index, zig-zag

@@ -10,7 +10,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from bridge.errors import DecodeError
 from bridge.records import AgentInfo, DomainRecord, HostRecord
 from bridge.serde import confluent_wire, single_object
-from bridge.serde.domain_reader import AgentTable, DomainRecordReader
+from bridge.serde.agent_table import AgentTable
+from bridge.serde.domain_reader import DomainRecordReader
 from bridge.serde.domain_writer import DomainRecordWriter
 from bridge.serde.read_as import ReadAs
 from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema

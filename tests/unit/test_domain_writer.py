@@ -12,7 +12,7 @@ from hypothesis import given
 
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
 from bridge.serde import RecordCodec
-from bridge.serde.domain_reader import AgentTable
+from bridge.serde.agent_table import AgentTable
 from bridge.serde.domain_writer import DomainRecordWriter
 from bridge.serde.single_object import HEADER_LEN
 from tests.unit.test_domain_reader import body, records
