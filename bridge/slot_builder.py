@@ -1,11 +1,11 @@
 """Building frozen slots dataclasses at half the cost of their ``__init__``, for the reader's hot path.
 
 A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (its own
-``__setattr__`` refuses). The consumer makes a :class:`~bridge.records.DomainRecord` and a
-:class:`~bridge.consumer.changes.Change` for every record it reads, so that is per-record cost: 1.5 us
-for a DomainRecord's 15 fields. :func:`slot_builder` returns a function that fills the slots through
-their descriptors instead, in 0.8 us. It fills no defaults (the caller gives every field, by position
-or name) and refuses classes with a ``__post_init__``, which it would skip.
+``__setattr__`` refuses). The consumer makes a :class:`~bridge.records.DomainRecord` for every
+record it reads, so that is per-record cost: 1.5 us for its 15 fields. :func:`slot_builder` returns
+a function that fills the slots through their descriptors instead, in 0.8 us. It fills no defaults
+(the caller gives every field, by position or name) and refuses classes with a ``__post_init__``,
+which it would skip.
 """
 
 from __future__ import annotations

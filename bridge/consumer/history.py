@@ -3,20 +3,22 @@
 Kubernetes' watch cache in miniature: a bounded ring of changes, each tagged with the message that
 caused it. A position older than the ring is *expired* (HTTP 410 Gone in Kubernetes): the reader must
 list again.
+
+Expiry is kept per poll batch, not per change, so a change costs the ring one append in C: once a
+batch's first change falls out of the ring, a position must reach that batch's end to replay from
+the ring. That is exact for every position the view hands out, which all lie between batches; a
+position inside a batch that lost changes is expired even where the changes it needs are still held
+(listing again is then the cost, never a missed change).
 """
 
 from __future__ import annotations
 
-import operator
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from bridge.consumer.changes import Change
-from bridge.consumer.position import Offset, Position, TopicPartition
+from bridge.consumer.position import Offset, Position
 from bridge.errors import BridgeError
-
-# In C, for the loop over every change that leaves the ring (each has a source: see extend).
-_SOURCE = operator.attrgetter("source")
 
 
 class PositionExpired(BridgeError):
@@ -29,38 +31,38 @@ class ChangeHistory:
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
-        self._changes: deque[Change] = deque()  # message-caused ones only: each has its source
         self._capacity = capacity
-        # Per partition, one past the newest offset of a change that fell out of the ring: a position
-        # below it would miss that change.
-        self._dropped: dict[TopicPartition, int] = {}
+        self._changes: deque[Change] = deque(maxlen=capacity)  # the deque drops the oldest itself
+        self._added = 0  # changes ever added
+        # Per batch with changes still in the ring: the index (in all changes ever added) of its first
+        # change, and the position after the batch.
+        self._batches: deque[tuple[int, Position]] = deque()
+        self._expired_before: Position | None = None  # the end of the newest batch that lost changes
 
-    def extend(self, changes: Iterable[Change]) -> None:
-        ring = self._changes
-        # Only message-caused changes replay; held as they are, not paired with their source: a pair
-        # per change was one more object for the cyclic collector to count and walk.
-        ring.extend([c for c in changes if c.source is not None])
-        surplus = len(ring) - self._capacity
-        if surplus <= 0:
+    def extend(self, changes: Sequence[Change], through: Position) -> None:
+        """Add one poll batch's changes, each caused by a message (it has a source); ``through`` is
+        the position after the batch (positions only move forward)."""
+        if not changes:
             return
-        popleft = ring.popleft
-        dropped = self._dropped
-        # The highest, not the last: a partition replayed from a lower offset (after a log truncation)
-        # can put an older offset after a newer one.
-        for topic, partition, offset in map(_SOURCE, [popleft() for _ in range(surplus)]):
-            key = (topic, partition)
-            if dropped.get(key, 0) <= offset:
-                dropped[key] = offset + 1
+        self._changes.extend(changes)
+        self._batches.append((self._added, through))
+        self._added += len(changes)
+        dropped = self._added - self._capacity
+        batches = self._batches
+        while batches and batches[0][0] < dropped:
+            _, self._expired_before = batches.popleft()
 
     def since(self, position: Position) -> list[Change]:
-        """Every retained change that ``position`` does not cover; raises PositionExpired if some
-        change it does not cover was already dropped."""
-        for (topic, partition), end in self._dropped.items():
-            if position.next_offset(topic, partition) < end:
-                raise PositionExpired(
-                    f"changes after {topic}[{partition}]@{position.next_offset(topic, partition)} "
-                    f"are no longer retained; list again"
-                )
+        """Every retained change that ``position`` does not cover; raises PositionExpired if
+        ``position`` does not reach the end of the newest batch that lost changes (module doc)."""
+        expired = self._expired_before
+        if expired is not None:
+            for (topic, partition), end in expired.items():
+                if position.next_offset(topic, partition) < end:
+                    raise PositionExpired(
+                        f"changes after {topic}[{partition}]@{position.next_offset(topic, partition)} "
+                        f"are no longer retained; list again"
+                    )
         return [c for c in self._changes if not position.covers(_source(c))]
 
     def __len__(self) -> int:

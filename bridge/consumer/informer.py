@@ -267,7 +267,8 @@ class Informer:
     def watch_from(self, position: Position, timeout: float | None = None) -> Watch:
         """Iterate every change after ``position`` (from :meth:`list`), without the initial adds.
 
-        Raises PositionExpired if changes after it are no longer retained: list again.
+        Raises PositionExpired if changes after it are no longer retained: list again. Exact for
+        the positions this informer hands out; a position from elsewhere may expire a batch early.
         """
         return Watch(self._fanout, self._fanout.subscribe_after(position), timeout, _reader_failed)
 

@@ -87,7 +87,7 @@ class View:
             counters.skipped_older += older
             counters.listed_away += listed_away
             self._position = batch.position
-            self._history.extend(changes)
+            self._history.extend(changes, batch.position)
             just_synced = batch.synced and not self._synced
             if just_synced:
                 self._synced = True

@@ -75,42 +75,66 @@ def test_queue_drops_what_its_start_position_covers_and_wakes_on_close():
 
 def test_history_replays_after_a_position_until_it_has_dropped_what_that_needs():
     h = ChangeHistory(capacity=2)
-    h.extend([change(ChangeType.ADDED, U1, None, 1, offset=0), change(ChangeType.ADDED, U2, None, 1, offset=1)])
+    h.extend([change(ChangeType.ADDED, U1, None, 1, offset=0)], Position({("t", 0): 1}))
+    h.extend([change(ChangeType.ADDED, U2, None, 1, offset=1)], Position({("t", 0): 2}))
     assert [c.source.offset for c in h.since(Position()) if c.source] == [0, 1]
     assert [c.source.offset for c in h.since(Position({("t", 0): 1})) if c.source] == [1]
-    h.extend([change(ChangeType.UPDATED, U1, 1, 2, offset=2)])
+    h.extend([change(ChangeType.UPDATED, U1, 1, 2, offset=2), change(ChangeType.UPDATED, U2, 1, 2, offset=3)],
+             Position({("t", 0): 4}))
     with pytest.raises(PositionExpired):
-        h.since(Position())
-    assert [c.source.offset for c in h.since(Position({("t", 0): 1})) if c.source] == [1, 2]
-    assert h.since(Position({("t", 0): 3})) == []
+        h.since(Position({("t", 0): 1}))  # offset 1's change is gone
+    assert [c.source.offset for c in h.since(Position({("t", 0): 2})) if c.source] == [2, 3]
+    h.extend([change(ChangeType.DELETED, U1, 2, None, offset=4)], Position({("t", 0): 5}))
+    # Offset 2's change is gone, so a position inside its batch is expired though offset 3's is held.
+    with pytest.raises(PositionExpired):
+        h.since(Position({("t", 0): 3}))
+    assert [c.source.offset for c in h.since(Position({("t", 0): 4})) if c.source] == [4]
+    assert h.since(Position({("t", 0): 5})) == []
 
 
 @settings(max_examples=300, deadline=None)
 @given(capacity=st.integers(0, 6),
        batches=st.lists(st.lists(st.tuples(st.integers(0, 2), st.integers(-3, 2)), max_size=5), max_size=8),
        probe=st.lists(st.integers(0, 30), min_size=3, max_size=3))
-def test_history_since_is_exactly_the_uncovered_changes_or_expired_when_one_was_dropped(capacity, batches, probe):
+def test_history_since_never_misses_a_dropped_change_and_is_exact_between_batches(capacity, batches, probe):
     # Each message's changes, mostly in its partition's offset order (steps 0-2 ahead, 0 = the same
-    # message), sometimes replayed from lower offsets; the model keeps every change and knows which
-    # ones the ring dropped.
+    # message), sometimes replayed from lower offsets; the model keeps every change, the batch it
+    # came in and each batch's end (the reader's position after it, which never moves back).
     h = ChangeHistory(capacity)
-    every: list[Change] = []
-    offsets = [0, 0, 0]
-    for batch in batches:
+    every: list[tuple[Change, int]] = []
+    ends: list[Position] = []
+    offsets, frontier = [0, 0, 0], {("t", p): 0 for p in range(3)}
+    in_order = True  # every batch's offsets above those of the batches before it, in each partition
+    for i, batch in enumerate(batches):
         made = []
+        before = dict(frontier)
         for partition, step in batch:
             offsets[partition] = max(0, offsets[partition] + step)
+            in_order &= offsets[partition] >= before[("t", partition)]
             made.append(Change(ChangeType.ADDED, U1, None, rec(U1, 1), ChangeCause.RECORD,
                                Offset("t", partition, offsets[partition])))
-        h.extend(made)
-        every.extend(made)
+            frontier[("t", partition)] = max(frontier[("t", partition)], offsets[partition] + 1)
+        ends.append(Position(frontier))
+        h.extend(made, ends[-1])
+        every.extend((c, i) for c in made)
     kept = every[len(every) - min(capacity, len(every)):]
     dropped = every[:len(every) - len(kept)]
-    position = Position({("t", p): probe[p] for p in range(3)})
-    missed = [c for c in dropped if c.source is not None and not position.covers(c.source)]
-    if missed:
-        with pytest.raises(PositionExpired):
-            h.since(position)
-    else:
-        assert h.since(position) == [c for c in kept if c.source is not None and not position.covers(c.source)]
+    newest_losing = max((i for _, i in dropped), default=None)
+
+    def check(position: Position, exact: bool) -> None:
+        missed = [c for c, _ in dropped if c.source is not None and not position.covers(c.source)]
+        expired = newest_losing is not None and any(
+            position.next_offset(t, p) < end for (t, p), end in ends[newest_losing].items())
+        assert expired or not missed  # a change it needs is never silently left out
+        if exact:
+            assert expired == bool(missed)
+        if expired:
+            with pytest.raises(PositionExpired):
+                h.since(position)
+        else:
+            assert h.since(position) == [c for c, _ in kept if c.source is not None and not position.covers(c.source)]
+
+    check(Position({("t", p): probe[p] for p in range(3)}), exact=False)
+    for end in [Position(), *ends]:  # the positions a view hands out: between its batches
+        check(end, exact=in_order)
     assert len(h) == len(kept)

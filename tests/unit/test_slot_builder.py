@@ -8,8 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.consumer.changes import Change, ChangeCause, ChangeType
-from bridge.consumer.position import Offset
 from bridge.records import AgentInfo, DomainEvent, DomainRecord, RecordKind
 from bridge.slot_builder import slot_builder
 
@@ -28,12 +26,12 @@ def test_a_built_record_equals_the_constructed_one_field_for_field(uuid, version
 
 
 def test_what_it_builds_stays_frozen_and_every_field_is_required():
-    change = slot_builder(Change)(ChangeType.ADDED, "u", None, None, ChangeCause.RECORD, Offset("t", 0, 1))
-    assert change == Change(ChangeType.ADDED, "u", None, None, ChangeCause.RECORD, Offset("t", 0, 1))
+    event = slot_builder(DomainEvent)("LIFECYCLE", 7, "STARTED", "BOOTED", {})
+    assert event == DomainEvent("LIFECYCLE", 7, "STARTED", "BOOTED", {})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        change.uuid = "v"  # type: ignore[misc]
+        event.id = "REBOOT"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        slot_builder(Change)(ChangeType.ADDED, "u", None, None, ChangeCause.RECORD)  # source left out
+        slot_builder(DomainEvent)("LIFECYCLE", 7, "STARTED", "BOOTED")  # data left out, default or not
 
 
 def test_it_refuses_classes_whose_init_does_more_than_fill_slots():
