@@ -43,8 +43,8 @@ class ChangeCause(enum.StrEnum):
 class Change(NamedTuple):
     """One change to the view: ``old`` is None for ADDED, ``new`` is None for DELETED.
 
-    A named tuple, not a dataclass: the reader makes one for every record it applies, and a tuple
-    costs a fifth of a frozen dataclass (0.1 against 0.5 us), a fifth of what the view adds per record.
+    A named tuple, not a dataclass: the reader makes one for every record it applies, and built
+    with ``tuple.__new__`` it costs 0.1 us against 0.5 us for a frozen dataclass.
     """
 
     type: ChangeType
