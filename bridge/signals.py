@@ -15,7 +15,11 @@ domain for its own) sends a :class:`ReassertSignal` for the UUID once its own re
 acknowledged, keyed ``domain/<uuid>``; whichever agent owns the domain then publishes it again. Kafka
 orders only one producer's messages, so the old owner's last record can land after the new owner's
 claim (a broker failover delays one of them); compaction keeps the last offset, and without the
-re-assertion a compacted key would hold a stale host's word until the owner's next resync.
+re-assertion a compacted key would hold a stale host's word until the owner's next resync. The
+request names the version of the requester's last record; every agent that reads it keeps its
+clock above that version, if it is no further ahead than twice ``--max-clock-skew`` and a second
+(:func:`bridge.agent.reassert.plausible_ahead_us`), which also bounds what a writer of the topic can
+do to the agents' versions.
 """
 
 from __future__ import annotations
@@ -89,12 +93,16 @@ class ReassertSignal:
     requested_by: str = ""
     after: tuple[int, int] | None = None
     """(partition, offset) of the requester's last record of the domain: an owner whose own newest
-    record of it sits later in that partition already has the last word."""
+    record of it sits later in that partition, with a higher version, already has the last word."""
+    version: int | None = None
+    """The version of that record. Every agent that reads the request keeps its own clock above it
+    (a hybrid logical clock's receive rule), so the owner's next record outranks it exactly, whether
+    it is a claim still to come or an answer to this request. Absent in requests of older agents."""
 
     @classmethod
     def new(cls, uuid: str, requested_at: int, requested_by: str = "",
-            after: tuple[int, int] | None = None) -> ReassertSignal:
-        return cls(uuid, uuid_mod.uuid4().hex, requested_at, requested_by, after)
+            after: tuple[int, int] | None = None, version: int | None = None) -> ReassertSignal:
+        return cls(uuid, uuid_mod.uuid4().hex, requested_at, requested_by, after, version)
 
     def key(self) -> bytes:
         return (_REASSERT_KEY_PREFIX + self.uuid).encode()
@@ -104,13 +112,17 @@ class ReassertSignal:
                                    "requested_at": self.requested_at, "requested_by": self.requested_by}
         if self.after is not None:
             body["partition"], body["offset"] = self.after
+        if self.version is not None:
+            body["version"] = self.version
         return json.dumps(body, sort_keys=True).encode()
 
     @classmethod
     def _from(cls, d: dict[str, Any], key: bytes | None) -> ReassertSignal:
         try:
             after = (int(d["partition"]), int(d["offset"])) if "offset" in d else None
-            signal = cls(str(d["uuid"]), str(d["id"]), int(d["requested_at"]), str(d.get("requested_by", "")), after)
+            version = int(d["version"]) if d.get("version") is not None else None
+            signal = cls(str(d["uuid"]), str(d["id"]), int(d["requested_at"]), str(d.get("requested_by", "")),
+                         after, version)
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"a reassert signal without a valid {exc}") from None
         if not UUID_RE.match(signal.uuid):

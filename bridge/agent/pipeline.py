@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bridge.agent.pipeline_config import PipelineConfig, PipelineObserver, PipelineStats, RecordSink, SnapshotSource
-from bridge.agent.reassert import Reasserter
+from bridge.agent.reassert import Reasserter, plausible_ahead_us
 from bridge.agent.resync import Resync, Session
 from bridge.agent.state_store import StateStore, wait_out_lease
 from bridge.agent.streaming import Streamer
@@ -92,7 +92,8 @@ class Pipeline:
                                   self._resync, self.stats, agent_info, now, self._save_ownership_roles,
                                   self._stop.wait, observer)
         self.reasserter = Reasserter(config.host, config.control_topic, queue, self.ownership, publisher, now,
-                                     self._streamer.outrank, self._streamer.positions)
+                                     self.clock, self._streamer.outrank, self._streamer.positions,
+                                     plausible_ahead_us(config.max_clock_skew))
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

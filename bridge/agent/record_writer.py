@@ -117,7 +117,7 @@ class RecordWriter:
         if record.kind is RecordKind.DELETED:
             self.positions.forget(record.uuid)
         else:
-            self.positions.note(record.uuid, partition, offset)
+            self.positions.note(record.uuid, partition, offset, record.version)
 
     def _acked(self, record: DomainRecord, resync_id: str | None) -> None:
         # On the delivery thread: the work queue is thread-safe, and the observer says so too.

@@ -31,7 +31,7 @@ from typing import Any
 
 import libvirt
 import pytest
-from confluent_kafka import TopicCollection
+from confluent_kafka import Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from bridge.records import DomainRecord, RecordKind
@@ -356,6 +356,50 @@ def test_successful_migration(env: FleetEnv, kind: Kind) -> None:
         wait_all_caught_up(env)
         assert log_records(env, uuid) == recs, "a host published after undefining its handed-off copy"
     print(f"{kind.id}: view lag after each claim {lags} s; copies undefined on {copies}")
+
+
+def send_request(env: FleetEnv, request: ReassertSignal) -> None:
+    """Write ``request`` to the control topic, as an agent does (its producer gone on return)."""
+    producer = Producer({"bootstrap.servers": env.kafka.bootstrap_servers})
+    producer.produce(DEFAULT_CONTROL_TOPIC, key=request.key(), value=request.value())
+    assert producer.flush(30) == 0, "the request was not delivered"
+
+
+def test_a_request_lifts_every_clock_above_its_version_and_the_next_owner_outranks_it(env: FleetEnv) -> None:
+    """A re-assertion request names the version of the requester's last record (bridge.agent.reassert): the
+    host that holds the domain answers above that version, and every agent keeps its clock above it, so
+    the next owner's claim outranks both. Recorded on the soak (seed 4089125771): a source's answer,
+    versioned a clock bound ahead of a clock that was ahead, outranked the destination's claim, and a
+    fresh view kept the domain on the source."""
+    src, dst = 0, 1
+    name = unique_name("lift")
+    uuid = boot(env, src, name)
+    wait_all_caught_up(env)
+    # A former owner's last record, versioned ahead: within twice --max-clock-skew and a second of every
+    # agent's clock (offsets -30..+15 ms), so each one observes it.
+    ahead = time.time_ns() // 1_000 + 1_000_000
+    request = ReassertSignal.new(uuid, time.time_ns() // 1_000, "hv-gone", None, ahead)
+    send_request(env, request)
+
+    def answered() -> DomainRecord | None:
+        return next((r for r in log_records(env, uuid) if r.resync_id == request.id), None)
+
+    wait_until(lambda: answered() is not None, timeout=30, what=f"{env.host_ids[src]}'s answer to the request")
+    answer = answered()
+    assert answer is not None and answer.host == env.host_ids[src] and answer.kind is RecordKind.RESYNC
+    assert answer.version > ahead, f"the answer {answer.version} sorts below the request's version {ahead}"
+    # Synchronisation, not the check: the claim below must come after every agent read the request.
+    wait_until(lambda: all(int(agent_status(a).get("last_version", 0)) >= ahead for a in env.agents),
+               timeout=30, what="every agent's clock above the request's version", interval=0.05)
+    started = time.monotonic()
+    migrate(env, name, Hop(src, dst, False, LIVE | PERSIST | UNDEFINE))
+    claim_event = env.recorder.wait(uuid, dst, CLAIMS, since=started)
+    wait_all_caught_up(env)
+    recs = assert_one_owner_at_a_time(env, uuid, [src, dst], gap_free=False)
+    claim = next(r for r in recs if r.host == env.host_ids[dst])
+    assert event_labels(claim)[:1] == [claim_event.label] and claim.version > answer.version, describe(recs)
+    assert recs[-1].host == env.host_ids[dst] and recs[-1].version == max(r.version for r in recs), describe(recs)
+    assert_views_agree(env)
 
 
 # -- failed migrations ----------------------------------------------------------------------------------
