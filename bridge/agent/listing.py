@@ -7,7 +7,7 @@ Round-trips are what a listing costs (a 10,000-domain host spent 1.9 s of its st
   it is active (the handle's id), in one reply;
 - one ``virConnectListAllDomains(TRANSIENT)``: which of them are transient (usually few), so the
   RESYNC record's read need not ask each domain ``isPersistent``;
-- for a ``PAUSED/MIGRATION`` domain only, its migration job (:func:`listed_state`).
+- for a ``PAUSED/MIGRATION`` or ``PAUSED/STARTING_UP`` domain only, its migration job (:func:`listed_state`).
 
 A driver without bulk stats gets the per-domain calls instead. The handles and the persistence flags
 are handed to the snapshot reader (:meth:`bridge.agent.snapshot.SnapshotReader.prime`), which uses
@@ -21,7 +21,7 @@ from typing import Any
 
 import libvirt
 
-from bridge.agent.migration_job import migration_job, paused_for_migration
+from bridge.agent.migration_job import job_decides, migration_job
 from bridge.agent.snapshot import GONE_ERRORS
 from bridge.core.ownership import ListedJob
 
@@ -54,7 +54,7 @@ def list_domains(conn: Any) -> list[ListedDomain]:
     for dom, values in stats:
         state, reason = int(values.get("state.state", 0)), int(values.get("state.reason", 0))
         job = ListedJob.NONE
-        if paused_for_migration(state, reason):
+        if job_decides(state, reason):
             state, reason, job = listed_state(dom)
         out.append(_listed(dom, state, reason, job, dom.UUIDString() not in transient))
     return out
@@ -66,16 +66,16 @@ def _listed(dom: Any, state: int, reason: int, job: ListedJob, persistent: bool 
 
 
 def listed_state(dom: libvirt.virDomain) -> tuple[int, int, ListedJob]:
-    """(state, reason, migration job) of a listed domain; the job is read only for ``PAUSED/MIGRATION``.
+    """(state, reason, migration job) of a listed domain; the job is read only where it decides.
 
-    That pair is ambiguous without the job (see :mod:`bridge.core.ownership`). The state is read
+    Those pairs are ambiguous without the job (see :mod:`bridge.core.ownership_rules`). The state is read
     again after the job, so a migration that ended between the two reads shows as its outcome
     (running, or gone) rather than as a paused domain with no job; a domain that vanished meanwhile
     keeps the first state with an ``UNKNOWN`` job. On a migration's source the job read can take
     seconds (5 to 10 s recorded, ``read_s`` in the fixtures) while QEMU is busy migrating.
     """
     state, reason = dom.state()
-    if not paused_for_migration(state, reason):
+    if not job_decides(state, reason):
         return state, reason, ListedJob.NONE
     job = migration_job(dom)
     try:

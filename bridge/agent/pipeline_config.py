@@ -98,14 +98,15 @@ class SnapshotSource(Protocol):
     def read_many(self, requests: Sequence[SnapshotRequest]) -> Sequence[DomainSnapshot | Exception | None]:
         """The domains now, in the order asked: each a snapshot, None if libvirt says it does not
         exist, or the libvirt error to retry; raises ConnectionLost (retried too). A ``for_listing``
-        request is a listing's RESYNC record's read, whose ``PAUSED/MIGRATION`` snapshot carries the
-        migration job too."""
+        request is a listing's RESYNC record's read, whose ``PAUSED/MIGRATION`` or ``PAUSED/STARTING_UP``
+        snapshot carries the migration job too."""
 
     def forget(self, uuid: str) -> None:
         """The domain is gone (a DELETED record is being published)."""
 
     def reads_job(self, uuid: str) -> bool:
-        """The listing's read of ``uuid`` will read its migration job too (listed ``PAUSED/MIGRATION``)."""
+        """The listing's read of ``uuid`` will read its migration job too (listed ``PAUSED/MIGRATION``
+        or ``PAUSED/STARTING_UP``)."""
 
     def prime(self, conn: Any, listed: Iterable[ListedDomain]) -> None:
         """A listing just read ``listed`` on ``conn``: keep what spares its RESYNC reads round-trips."""

@@ -50,7 +50,8 @@ class Lister(Protocol):
 
     def listAllDomains(self, flags: int = 0) -> list[Any]:
         """Every domain (or, with the TRANSIENT flag, the transient ones): ``UUIDString()``, ``ID()``,
-        ``state()`` and, for ``PAUSED/MIGRATION``, ``jobStats()`` (see :mod:`bridge.agent.listing`)."""
+        ``state()`` and, where the state needs it (``PAUSED/MIGRATION``, ``PAUSED/STARTING_UP``),
+        ``jobStats()`` (see :mod:`bridge.agent.listing`)."""
 
     def getAllDomainStats(self, stats: int = 0, flags: int = 0) -> list[tuple[Any, dict[str, Any]]]:
         """Every domain with its ``state.state`` and ``state.reason``, in one round-trip."""
@@ -119,8 +120,8 @@ class Resync:
             owned: list[str] = []
             for d in listing:
                 listed.append(d.uuid)
-                # PAUSED/MIGRATION is an incoming migration only if the domain's job says so: a
-                # domain restored paused from a save image shows the same pair (see ownership).
+                # PAUSED/MIGRATION or PAUSED/STARTING_UP is an incoming migration only if the job says
+                # so: a domain restored paused, or starting up here, shows the same pair (see ownership).
                 state, reason = state_name(d.state), reason_name(d.state, d.reason)
                 if self._ownership.on_listed(d.uuid, state, reason, d.active, job=d.job):
                     owned.append(d.uuid)

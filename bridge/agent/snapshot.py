@@ -41,7 +41,7 @@ from bridge.agent.domain_states import bulk_states, existing
 from bridge.agent.domain_xml import xml_active_and_name
 from bridge.agent.libvirt_names import reason_name, state_name
 from bridge.agent.libvirt_session import CONN_ERRORS, ConnectionLost
-from bridge.agent.migration_job import migration_job, paused_for_migration
+from bridge.agent.migration_job import job_decides, migration_job
 from bridge.core.gone_share import GoneShare
 from bridge.core.ownership import ListedJob
 from bridge.core.version_clock import Clock
@@ -69,7 +69,7 @@ class DomainSnapshot:
     xml: str
     observed_at: int
     job: ListedJob | None = None
-    """The migration job, read only when asked for and the domain is ``PAUSED/MIGRATION``."""
+    """The migration job, read only when asked for and the state is one the job decides."""
 
 
 class Session(Protocol):
@@ -140,10 +140,10 @@ class SnapshotReader:
 
     def reads_job(self, uuid: str) -> bool:
         """The listing's read of ``uuid`` will read its migration job too: the listing saw it
-        ``PAUSED/MIGRATION``, and that job read can take seconds on a migration's source."""
+        ``PAUSED/MIGRATION`` or ``PAUSED/STARTING_UP``, and that job read can take seconds on a migration's source."""
         with self._lock:
             listed = self._listed.get(uuid)
-        return listed is not None and paused_for_migration(listed.state, listed.reason)
+        return listed is not None and job_decides(listed.state, listed.reason)
 
     def read(self, uuid: str, *, for_listing: bool = False) -> DomainSnapshot | None:
         """One domain's snapshot, or None when libvirt says it does not exist; raises what
@@ -160,10 +160,11 @@ class SnapshotReader:
 
         A ``for_listing`` read takes the listing's state, reason, active and persistent flags, with
         the XML read now: a RESYNC record shows the domain as listed, and any change since is an
-        event, which the next record reports with a full read. A ``PAUSED/MIGRATION`` domain is read
-        in full, with its migration job, to check the listing's ownership decision (see
-        :func:`migration_job`, which can take seconds). Raises ConnectionLost when the connection
-        broke, so the work can be retried; any other libvirt error is that read's result.
+        event, which the next record reports with a full read. A ``PAUSED/MIGRATION`` or
+        ``PAUSED/STARTING_UP`` domain is read in full, with its migration job, to check the listing's
+        ownership decision (see :func:`migration_job`, which can take seconds). Raises ConnectionLost
+        when the connection broke, so the work can be retried; any other libvirt error is that read's
+        result.
         """
         conn = self._session.connection()
         try:
@@ -207,7 +208,7 @@ class SnapshotReader:
                     self.forget(uuid)
                 continue
             state, reason, persistent = got
-            job = migration_job(dom) if for_listing and paused_for_migration(state, reason) else None
+            job = migration_job(dom) if for_listing and job_decides(state, reason) else None
             active, name = xml_active_and_name(xml)
             results[i] = DomainSnapshot(
                 uuid=uuid, name=name if name is not None else dom.name(), state=state_name(state),
@@ -248,10 +249,10 @@ class SnapshotReader:
 
     def _take_listed(self, conn: libvirt.virConnect, uuid: str) -> ListedDomain | None:
         """What the listing read of ``uuid``, if it can stand for the state: the listing knew the flag
-        and the domain is not ``PAUSED/MIGRATION`` (read in full, job included)."""
+        and the domain is in no state the job decides (read in full, job included)."""
         with self._lock:
             listed = self._listed.pop(uuid, None) if self._handles_conn is conn else None
-        if listed is None or listed.persistent is None or paused_for_migration(listed.state, listed.reason):
+        if listed is None or listed.persistent is None or job_decides(listed.state, listed.reason):
             return None
         return listed
 

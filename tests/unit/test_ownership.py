@@ -387,10 +387,43 @@ def test_paused_migration_listing_decides_by_the_job(role, job, included, after)
     assert own.remembered().get(U) == after
 
 
+@pytest.mark.parametrize(
+    ("role", "job", "included", "after"),
+    [
+        (None, J_IN, False, "incoming"),  # a destination listed before its STARTED/MIGRATED
+        (None, J_NONE, True, None),  # a local start
+        (None, J_UNKNOWN, True, None),  # in doubt: far more often a local start, and a wrong claim is repaired
+        (None, J_OUT, True, None),
+        ("handed_off", J_IN, False, "incoming"),  # our old copy's UUID migrating back here
+        ("handed_off", J_NONE, True, None),  # our copy started again here
+        ("incoming", J_IN, False, "incoming"),
+        ("incoming", J_NONE, False, "incoming"),  # as any active domain remembered incoming
+        ("postcopy_in", J_NONE, True, "postcopy_in"),
+    ],
+)
+def test_paused_starting_up_listing_decides_by_the_job(role, job, included, after):
+    # Recorded (tests/fleet/test_migration.py samples it): every QEMU domain lists PAUSED/STARTING_UP
+    # while its process starts; an incoming one's job statistics are refused, a local one has no job.
+    own = Ownership({U: role} if role else {})
+    assert own.on_listed(U, "PAUSED", "STARTING_UP", active=True, job=job) is included
+    assert own.remembered().get(U) == after
+
+
+def test_a_destination_restarted_before_a_migration_publishes_nothing_before_its_claim():
+    """Seen on the fleet soak (seed 4089125771): the restarted agent's listing read the incoming domain
+    PAUSED/STARTING_UP; the old rule took it for a local domain and published it from the wrong host."""
+    dest = Ownership()
+    assert dest.on_listed(U, "PAUSED", "STARTING_UP", active=True, job=J_IN) is False
+    dest.forget_absent({U}, listed_at=100)
+    assert dest.on_event(U, ev("STARTED/MIGRATED")) is DI
+    assert dest.on_event(U, ev("RESUMED/MIGRATED")) is P
+
+
 @pytest.mark.parametrize("job", list(ListedJob))
 @pytest.mark.parametrize(("state", "reason", "active"), [("RUNNING", "MIGRATED", True), ("PAUSED", "POSTCOPY", True),
-                                                          ("RUNNING", "UNPAUSED", True), ("SHUTOFF", "SAVED", False)])
-def test_the_job_is_evidence_only_for_paused_migration(job, state, reason, active):
+                                                          ("RUNNING", "UNPAUSED", True), ("SHUTOFF", "SAVED", False),
+                                                          ("RUNNING", "BOOTED", True), ("PAUSED", "USER", True)])
+def test_the_job_is_evidence_only_for_paused_migration_and_starting_up(job, state, reason, active):
     assert Ownership().on_listed(U, state, reason, active, job=job) == Ownership().on_listed(U, state, reason, active)
 
 

@@ -73,16 +73,24 @@ def test_a_listing_queues_a_resync_record_for_each_owned_domain_only(setup, conn
     incoming = conn.add(FakeDomain(
         uuid_of(4), "incoming", libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
         job=libvirt_error(libvirt.VIR_ERR_OPERATION_UNSUPPORTED, "available only on the source host")))
+    # Both start up paused: an incoming migration's destination before STARTED/MIGRATED, and a local start.
+    arriving = conn.add(FakeDomain(
+        uuid_of(5), "arriving", libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
+        job=libvirt_error(libvirt.VIR_ERR_OPERATION_UNSUPPORTED, "available only on the source host")))
+    booting = conn.add(FakeDomain(uuid_of(6), "booting", libvirt.VIR_DOMAIN_PAUSED,
+                                  libvirt.VIR_DOMAIN_PAUSED_STARTING_UP))
 
     assert setup.resync.start()
 
     batches = setup.queue.take(100, timeout=0)
-    assert sorted(b.uuid for b in batches) == sorted([running.uuid, shut_off.uuid])
+    assert sorted(b.uuid for b in batches) == sorted([running.uuid, shut_off.uuid, booting.uuid])
     assert len({b.resync_id for b in batches}) == 1 and batches[0].resync_id is not None
     assert not setup.ownership.owns(left_behind.uuid)
     assert not setup.ownership.owns(incoming.uuid)
-    assert conn.count("jobStats", incoming.uuid) == 1, "the job is read only for PAUSED/MIGRATION"
-    assert conn.count("jobStats", running.uuid) == 0
+    assert not setup.ownership.owns(arriving.uuid), "an incoming domain starting up was taken for this host's"
+    for dom in (incoming, arriving, booting):
+        assert conn.count("jobStats", dom.uuid) == 1, "the job is read for PAUSED/MIGRATION and STARTING_UP"
+    assert conn.count("jobStats", running.uuid) == 0, "the job is read only where it decides"
 
 
 def test_a_connection_lost_during_the_listing_fails_the_resync_and_reports_the_connection(setup, conn):
