@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ VIEW_TIMEOUT = 90.0
 PREFIX = "soak"
 MID_MIGRATION_MIB_S = 24
 """Bandwidth cap of a migration during which an agent restarts: a 64 MiB guest then takes about 3 s."""
+UUID_IN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 LIVE = libvirt.VIR_MIGRATE_LIVE
 P2P = libvirt.VIR_MIGRATE_PEER2PEER
@@ -324,9 +326,24 @@ class Soak:
         try:
             wait_until(exact, timeout=VIEW_TIMEOUT, what="the fresh view to equal virsh list --all", interval=0.5)
         except TimeoutError:
+            uuids = sorted({m for lines in diffs.values() for line in lines for m in UUID_IN.findall(line)})
             raise AssertionError(f"view != virsh list --all after {VIEW_TIMEOUT:g}s: {diffs}\n"
-                                 f"{self.context()}") from None
+                                 f"{self.context()}\n{self.evidence(uuids)}") from None
         return time.monotonic() - began
+
+    def evidence(self, uuids: list[str]) -> str:
+        """Each UUID's records in the log and the agents' log lines naming it: what a failure needs."""
+        out = []
+        for uuid in uuids:
+            recs = [(raw.offset, rec.host, rec.version, rec.kind.value, rec.state, rec.reason,
+                     [e.label() for e in rec.events], rec.resync_id)
+                    if rec is not None else (raw.offset, "tombstone") for raw, rec in self.env.log(uuid)]
+            out.append(f"-- {uuid}: records (offset, host, version, kind, state, reason, events, resync id): {recs}")
+            for agent in self.env.agents:
+                lines = [line for line in agent.log_text().splitlines() if uuid in line]
+                out.append(f"   {agent.host_id}'s log, last {min(len(lines), 20)} of {len(lines)} lines naming it:")
+                out.extend(f"     {line}" for line in lines[-20:])
+        return "\n".join(out)
 
     def assert_last_word_is_newest(self) -> tuple[int, int]:
         """Per UUID (one key, one partition) the last record in the log has the highest version, so
