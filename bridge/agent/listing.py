@@ -72,7 +72,9 @@ def listed_state(dom: libvirt.virDomain) -> tuple[int, int, ListedJob]:
     again after the job, so a migration that ended between the two reads shows as its outcome
     (running, or gone) rather than as a paused domain with no job; a domain that vanished meanwhile
     keeps the first state with an ``UNKNOWN`` job. On a migration's source the job read can take
-    seconds (5 to 10 s recorded, ``read_s`` in the fixtures) while QEMU is busy migrating.
+    seconds (5 to 10 s recorded, ``read_s`` in the fixtures) while QEMU is busy migrating; on a
+    domain starting up here it waits for the start to end (about 0.3 s), as the bulk listing
+    already does for such a domain, while an incoming one's is refused at once.
     """
     state, reason = dom.state()
     if not job_decides(state, reason):

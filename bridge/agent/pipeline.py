@@ -193,6 +193,7 @@ class Pipeline:
         # Wakes for a ready domain (while a reader is free), a finished read, an ack or a timer.
         batches = self._queue.take(min(self._cfg.batch_size, self._streamer.capacity()), timeout=min(wait, 0.5))
         self._streamer.process(batches)  # their reads start at once ...
+        self.reasserter.observe()  # (versions of re-assertion requests read by now: the records below sort above them)
         self._streamer.advance()  # ... while the reads finished by now are versioned, persisted, produced
         self.reasserter.step()  # hand-offs seen by now (listing or events): ask the new owner for the last word
 

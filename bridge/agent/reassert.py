@@ -48,11 +48,12 @@ log = logging.getLogger(__name__)
 def plausible_ahead_us(max_clock_skew: float) -> int:
     """How far ahead of this host's clock a requester's version may be and still be observed (µs).
 
-    Within the clock bound, a version is at most a claim's margin ahead of its host's clock, which is
-    at most the bound ahead of this one: twice ``--max-clock-skew``; a second more covers a requester
-    whose clock was itself lifted. Beyond that the request is not observed (and logged): every version
-    this host issues stays above an observed one until its own clock catches up, and one corrupt
-    request must not carry them far into the future.
+    Within the clock bound, a record's version is at most a claim's margin ahead of its host's clock,
+    which is at most the bound ahead of this one: twice ``--max-clock-skew``. A second more covers a
+    requester whose own clock was lifted by an earlier request (each lift is bounded the same way).
+    Beyond that the request is not observed (and logged), and an answer to it takes a claim's
+    margin: every version this host issues stays above an observed one until its own clock catches
+    up, and one corrupt request must not carry them far into the future.
     """
     return int((2 * max_clock_skew + 1.0) * 1e6)
 
@@ -107,8 +108,9 @@ class Reasserter:
         self._now = now
         self._outrank = outrank
         self._waiting: dict[str, None] = {}  # yielded, a record of it still in flight (ordered set)
-        self._lock = threading.Lock()  # guards _requests, filled by the control-signals thread
+        self._lock = threading.Lock()  # guards _requests and _observed, filled by the control-signals thread
         self._requests: list[ReassertSignal] = []
+        self._observed = 0  # how many of _requests have lifted the clock (observe)
         self._deferred: list[ReassertSignal] = []  # for a held domain whose own record is in flight
         self.sent = 0
         self.answered = 0
@@ -130,19 +132,31 @@ class Reasserter:
             self._requests.append(signal)
         self._queue.wake()
 
+    def observe(self) -> None:
+        """Lift the version clock above every request read since the last call (pipeline thread).
+
+        The pipeline calls it before it versions records, so a claim versioned in the same pass as a
+        request arrived already sorts above it; :meth:`step` calls it too. Each request is observed once.
+        """
+        with self._lock:
+            fresh, self._observed = self._requests[self._observed:], len(self._requests)
+        for signal in fresh:
+            if signal.requested_by != self._host and signal.version is not None:
+                self._observe(signal)
+
     def step(self) -> None:
         """Send the requests now due, and queue a record for each request about a domain held here."""
+        self.observe()
         for uuid in self._ownership.take_yielded():
             self._waiting[uuid] = None
         for uuid in [u for u in self._waiting if not self._queue.in_flight(u)]:
             del self._waiting[uuid]
             self._send(uuid)
         with self._lock:
-            requests, self._requests = self._deferred + self._requests, []
+            requests, self._requests, self._observed = self._deferred + self._requests[:self._observed], \
+                self._requests[self._observed:], 0
         self._deferred = []
         for signal in requests:
-            if signal.requested_by != self._host and signal.version is not None:
-                self._observe(signal)
             if signal.requested_by != self._host and self._ownership.holds(signal.uuid):
                 if self._queue.in_flight(signal.uuid):
                     self._deferred.append(signal)  # judged once this host's own record has landed
@@ -169,8 +183,9 @@ class Reasserter:
         log.info("publishing %s again: %s stopped owning it (request %s)", signal.uuid,
                  signal.requested_by or "?", signal.id[:8])
         self.answered += 1
-        if signal.version is None:
-            self._outrank(signal.uuid)  # an older requester's: no version to go above, so a claim's margin
+        if signal.version is None or signal.version > self._clock.last:
+            # No version to go above (an older requester's), or one too far ahead to observe: a claim's margin.
+            self._outrank(signal.uuid)
         self._queue.request_resync([signal.uuid], signal.id)
 
     def _send(self, uuid: str) -> None:

@@ -10,8 +10,12 @@ lease`` in one fsynced transaction (one row, one WAL frame), and it renews the l
 record rarely waits for an fsync: about one per half lease while records flow, instead of one per
 group of records. After a restart or SIGKILL the clock starts at the bound, above every version that
 could have been published, so none can repeat or go down; and the pipeline first lets the wall clock
-pass a bound at most a lease ahead (:func:`wait_out_lease`), so versions after a crash are not ahead
-of the clock (the cross-host rule's ``--max-clock-skew`` margin stays whole). Earlier releases kept a
+pass a bound at most two leases ahead (:func:`wait_out_lease`), so versions after a crash are not
+ahead of the clock (the cross-host rule's ``--max-clock-skew`` margin stays whole). The one exception
+is a clock lifted by a re-assertion request's version (:mod:`bridge.agent.reassert`), at most
+:func:`~bridge.agent.reassert.plausible_ahead_us` ahead: a bound beyond two leases is then kept
+without a wait, and versions run a little ahead of the clock until it catches up, as the version
+rule allows. Earlier releases kept a
 per-domain ``versions`` table, written in every transaction and never read; it is dropped on open.
 """
 

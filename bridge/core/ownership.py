@@ -70,8 +70,9 @@ class Ownership:
 
         Call right after reading it, before feeding events received after the read: the listed
         state must be at least as new as every event already fed. ``job`` is the domain's migration
-        job as read with the state; it only matters for ``PAUSED/MIGRATION`` (see the module doc),
-        and ``NONE``, the default, means libvirt shows no migration for the domain.
+        job as read with the state; it only matters for ``PAUSED/MIGRATION`` and
+        ``PAUSED/STARTING_UP`` (see :mod:`bridge.core.ownership_rules`), and ``NONE``, the default,
+        means libvirt shows no migration for the domain.
         """
         had = self._holds(uuid)
         role = listed_role(self._roles.get(uuid), state, reason, active, job)

@@ -64,13 +64,15 @@ disconnected, has only the listing and the remembered roles. Per listed (state, 
 - ``PAUSED/STARTING_UP`` decides by the job too. Every QEMU domain reads that way while its process
   starts: an incoming migration's destination from the moment the domain is listed there until its
   ``STARTED/MIGRATED`` (0.25 to 0.4 s recorded; job statistics refused at once, as for ``INCOMING``
-  above), and a local start (its job statistics wait for the start to end, ~0.3 s, and the state
-  read again after them is the outcome). ``INCOMING``: ``INCOMING``, silent. Any other job,
-  ``UNKNOWN`` included: the rule for any other active domain below, since a domain starting up is
-  far more often a local start, and a wrong claim is repaired at once (re-assertion) where a wrong
-  silence waits for the next resync. Seen on the fleet soak before this rule: a destination's agent
-  restarted just before a migration listed the incoming domain as its own and published it, 200 ms
-  before the source's switch-over.
+  above), and a local start (libvirt makes its job statistics, and the bulk listing, wait for the
+  start to end, about 0.3 s, so the listing reads the outcome instead). ``INCOMING``: ``INCOMING``,
+  silent. ``UNKNOWN`` (the job read failed, most often because the domain just vanished): silent as
+  for ``PAUSED/MIGRATION``; owning it would let an aborted incoming migration's ``STOPPED/FAILED``
+  publish DELETED and a tombstone for a domain that runs on its source, while a local start that
+  was read this way is claimed by the ``STARTED/*`` event that ends every start. Any other job: the
+  rule for any other active domain below. Seen on the fleet soak before this rule: a destination's
+  agent restarted just before a migration listed the incoming domain as its own and published it,
+  200 ms before the source's switch-over.
 - ``PAUSED/POSTCOPY`` (source in post-copy), ``SHUTOFF/MIGRATED`` (copy left behind): ``HANDED_OFF``.
 - ``RUNNING/POSTCOPY_FAILED`` (destination of a failed post-copy): silent, ``INCOMING``.
 - ``RUNNING/POSTCOPY``: ``POSTCOPY_IN``, owned. ``RUNNING/MIGRATED`` (incoming completed),
@@ -257,8 +259,8 @@ def listed_role(role: Role | None, state: str, reason: str, active: bool, job: L
                 return None  # no migration: e.g. restored from a save image while paused
             case ListedJob.UNKNOWN:
                 return Role.INCOMING if role is Role.INCOMING else Role.HANDED_OFF
-    if key == ("PAUSED", "STARTING_UP") and job is ListedJob.INCOMING:
-        return Role.INCOMING
+    if key == ("PAUSED", "STARTING_UP") and job in (ListedJob.INCOMING, ListedJob.UNKNOWN):
+        return Role.INCOMING if job is ListedJob.INCOMING or role is Role.INCOMING else Role.HANDED_OFF
     if key == ("RUNNING", "POSTCOPY_FAILED"):
         return Role.HANDED_OFF if role is Role.HANDED_OFF else Role.INCOMING
     if active:

@@ -8,7 +8,8 @@ rely on that to tell a domain created during the listing from one that vanished 
 
 The clock is pure: the wall clock is injected and persistence is the caller's job (see
 :class:`bridge.agent.state_store.StateStore`); :meth:`VersionClock.restore` seeds it from the state
-directory so a restart never repeats or lowers a version.
+directory so a restart never repeats or lowers a version, and lifts it above the version a
+re-assertion request names (:mod:`bridge.agent.reassert`), so this host's next record sorts above it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class VersionClock:
         return self._last
 
     def restore(self, floor: int) -> None:
-        """Never issue a version at or below ``floor`` (the highest one persisted before)."""
+        """Never issue a version at or below ``floor``: the bound persisted before a restart, or a
+        version another host published (a hybrid logical clock's receive rule, :mod:`bridge.agent.reassert`)."""
         self._last = max(self._last, floor)
 
     def tick(self, ahead: int = 0) -> int:

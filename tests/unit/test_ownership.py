@@ -392,8 +392,10 @@ def test_paused_migration_listing_decides_by_the_job(role, job, included, after)
     [
         (None, J_IN, False, "incoming"),  # a destination listed before its STARTED/MIGRATED
         (None, J_NONE, True, None),  # a local start
-        (None, J_UNKNOWN, True, None),  # in doubt: far more often a local start, and a wrong claim is repaired
+        (None, J_UNKNOWN, False, "handed_off"),  # in doubt (most often just vanished), silent
         (None, J_OUT, True, None),
+        ("handed_off", J_UNKNOWN, False, "handed_off"),
+        ("incoming", J_UNKNOWN, False, "incoming"),
         ("handed_off", J_IN, False, "incoming"),  # our old copy's UUID migrating back here
         ("handed_off", J_NONE, True, None),  # our copy started again here
         ("incoming", J_IN, False, "incoming"),
@@ -417,6 +419,20 @@ def test_a_destination_restarted_before_a_migration_publishes_nothing_before_its
     dest.forget_absent({U}, listed_at=100)
     assert dest.on_event(U, ev("STARTED/MIGRATED")) is DI
     assert dest.on_event(U, ev("RESUMED/MIGRATED")) is P
+
+
+def test_an_incoming_start_up_that_vanished_under_the_listing_is_not_deleted_by_this_host():
+    """The job read found the domain gone (UNKNOWN): an incoming migration aborted while it was
+    prepared. Its STOPPED/FAILED must not become DELETED and a tombstone for a domain that runs on
+    its source; a local start read that way is claimed by the STARTED event that ends every start."""
+    dest = Ownership()
+    assert dest.on_listed(U, "PAUSED", "STARTING_UP", active=True, job=J_UNKNOWN) is False
+    dest.forget_absent({U}, listed_at=100)
+    assert dest.on_event(U, ev("STOPPED/FAILED")) is not P
+    local = Ownership()
+    local.on_listed(U, "PAUSED", "STARTING_UP", active=True, job=J_UNKNOWN)
+    local.forget_absent({U}, listed_at=100)
+    assert local.on_event(U, ev("STARTED/BOOTED")) is P and local.owns(U)
 
 
 @pytest.mark.parametrize("job", list(ListedJob))

@@ -327,3 +327,17 @@ def test_a_version_implausibly_far_ahead_is_not_observed(host):
     wait_until(lambda: host.records(start), timeout=5, what="the next record", interval=0.01)
     ((_m, record),) = host.records(start)
     assert record.version < wild - 3_600_000_000, "this host's versions were carried into the future"
+    assert host.pipeline.reasserter.implausible == 1, "counted more than once"
+
+
+def test_an_answer_to_a_request_too_far_ahead_to_observe_takes_the_claims_margin(wide_skew_host):
+    host = wide_skew_host
+    host.settle()
+    start = len(host.producer.produced)
+    asked = wall_clock_micros()
+    wild = asked + plausible_ahead_us(10.0) + 60_000_000
+    host.pipeline.reasserter.requested(ReassertSignal.new(uuid_of(1), asked, "hv2", (0, 0), wild))
+    wait_until(lambda: host.records(start), timeout=5, what="the re-asserted record", interval=0.01)
+    ((_m, record),) = host.records(start)
+    assert host.pipeline.reasserter.implausible == 1
+    assert record.version >= asked + 10_000_000, "not versioned as a claim"
