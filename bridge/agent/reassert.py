@@ -20,10 +20,11 @@ it (:meth:`VersionClock.restore`, a hybrid logical clock's receive rule). A clai
 ``--max-clock-skew`` ahead of its host's clock, and that margin covers the previous owner's plain
 records, not one it published ahead of its own clock (its answer to an earlier request). Seen on the
 fleet: a destination whose restarted agent had listed the incoming domain asked the source to publish
-again; the source's answer, ahead by the margin on a clock 45 ms ahead, outranked the destination's
-claim 35 ms later, and the source's own request after its hand-off reached the destination before
-the claim, when it held nothing to publish. Observing the version makes the claim, or the answer to
-the request, sort above it whichever comes first.
+again; the source's answer, ahead by the margin on a clock 45 ms ahead of the destination's,
+outranked the destination's claim 35 ms later, and the source's own request after its hand-off
+reached the destination before the claim, when it held nothing to publish. Observing the version
+makes the claim, or the answer to the request, sort above it whichever comes first; and an answer to
+a request that names a version takes no margin, since the version to go above is known.
 
 Runs on the pipeline thread, but for :meth:`Reasserter.requested` (the ``control-signals`` thread)
 and :meth:`KeyPositions.note` (the delivery thread).
