@@ -109,9 +109,9 @@ class Reasserter:
         self._now = now
         self._outrank = outrank
         self._waiting: dict[str, None] = {}  # yielded, a record of it still in flight (ordered set)
-        self._lock = threading.Lock()  # guards _requests and _observed, filled by the control-signals thread
+        self._lock = threading.Lock()  # guards _requests, _floor and implausible, set by the control-signals thread
         self._requests: list[ReassertSignal] = []
-        self._observed = 0  # how many of _requests have lifted the clock (observe)
+        self._floor = 0  # the highest plausible version of the requests read since the last observe()
         self._deferred: list[ReassertSignal] = []  # for a held domain whose own record is in flight
         self.sent = 0
         self.answered = 0
@@ -128,22 +128,32 @@ class Reasserter:
         return len(self._deferred)
 
     def requested(self, signal: ReassertSignal) -> None:
-        """A request read from the control topic (any thread); handled on the next :meth:`step`."""
+        """A request read from the control topic (any thread); its version lifts the clock at the next
+        :meth:`observe`, and it is judged at the next :meth:`step`."""
+        version = signal.version if signal.requested_by != self._host else None
+        ahead = 0 if version is None else version - self._now()
         with self._lock:
             self._requests.append(signal)
+            if version is not None and ahead <= self._max_ahead:
+                self._floor = max(self._floor, version)
+            elif version is not None:
+                self.implausible += 1
+        if ahead > self._max_ahead:
+            log.warning("request %s from %s for %s carries version %d, %.1f s ahead of this host's clock; "
+                        "not observed (are the hosts' clocks in sync?)", signal.id[:8], signal.requested_by or "?",
+                        signal.uuid, version, ahead / 1e6)
         self._queue.wake()
 
     def observe(self) -> None:
-        """Lift the version clock above every request read since the last call (pipeline thread).
+        """Lift the version clock above every plausible request read since the last call (pipeline thread).
 
         The pipeline calls it before it versions records, so a claim versioned in the same pass as a
-        request arrived already sorts above it; :meth:`step` calls it too. Each request is observed once.
+        request arrived already sorts above it; :meth:`step` calls it too.
         """
         with self._lock:
-            fresh, self._observed = self._requests[self._observed:], len(self._requests)
-        for signal in fresh:
-            if signal.requested_by != self._host and signal.version is not None:
-                self._observe(signal)
+            floor, self._floor = self._floor, 0
+        if floor:
+            self._clock.restore(floor)
 
     def step(self) -> None:
         """Send the requests now due, and queue a record for each request about a domain held here."""
@@ -154,8 +164,7 @@ class Reasserter:
             del self._waiting[uuid]
             self._send(uuid)
         with self._lock:
-            requests, self._requests, self._observed = self._deferred + self._requests[:self._observed], \
-                self._requests[self._observed:], 0
+            requests, self._requests = self._deferred + self._requests, []
         self._deferred = []
         for signal in requests:
             if signal.requested_by != self._host and self._ownership.holds(signal.uuid):
@@ -164,16 +173,6 @@ class Reasserter:
                     continue
                 self._answer(signal)
             self.judged += 1
-
-    def _observe(self, signal: ReassertSignal) -> None:
-        assert signal.version is not None
-        if signal.version - self._now() > self._max_ahead:
-            self.implausible += 1
-            log.warning("request %s from %s for %s carries version %d, %.1f s ahead of this host's clock; "
-                        "not observed (are the hosts' clocks in sync?)", signal.id[:8], signal.requested_by or "?",
-                        signal.uuid, signal.version, (signal.version - self._now()) / 1e6)
-            return
-        self._clock.restore(signal.version)
 
     def _answer(self, signal: ReassertSignal) -> None:
         mine = self._positions.get(signal.uuid)
@@ -196,9 +195,8 @@ class Reasserter:
             log.info("%s left this host; without a control topic its owner is not asked to publish it "
                      "again (its next resync does)", uuid)
             return
-        signal = ReassertSignal.new(uuid, self._now(), self._host,
-                                    None if landed is None else (landed.partition, landed.offset),
-                                    None if landed is None else landed.version)
+        after, version = (None, None) if landed is None else ((landed.partition, landed.offset), landed.version)
+        signal = ReassertSignal.new(uuid, self._now(), self._host, after, version)
         log.info("%s left this host; asking its owner to publish it again (request %s)", uuid, signal.id[:8])
         self.sent += 1
         self._publisher.publish([Message(self._topic, signal.key(), signal.value())], lambda: None)

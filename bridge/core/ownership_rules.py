@@ -239,6 +239,9 @@ def transition(role: Role | None, kind: _Kind) -> tuple[Role | None, Verdict]:
 # Listed (state, reason) pairs that decide by themselves, whatever the remembered role.
 _LISTED_OWNED = {("RUNNING", "MIGRATED"), ("RUNNING", "MIGRATION_CANCELED"), ("PAUSED", "POSTCOPY_FAILED")}
 _LISTED_HANDED_OFF = {("PAUSED", "POSTCOPY"), ("SHUTOFF", "MIGRATED")}
+# Listed pairs that the domain's migration job decides (the agent reads the job for exactly these).
+_PAUSED_MIGRATION = ("PAUSED", "MIGRATION")
+_JOB_DECIDES = {_PAUSED_MIGRATION, ("PAUSED", "STARTING_UP")}
 
 
 def listed_role(role: Role | None, state: str, reason: str, active: bool, job: ListedJob) -> Role | None:
@@ -249,18 +252,17 @@ def listed_role(role: Role | None, state: str, reason: str, active: bool, job: L
         return Role.POSTCOPY_IN
     if key in _LISTED_HANDED_OFF:
         return Role.HANDED_OFF
-    if key == ("PAUSED", "MIGRATION"):
+    if key in _JOB_DECIDES:
         match job:
             case ListedJob.INCOMING:
                 return Role.INCOMING
-            case ListedJob.OUTGOING:
-                return Role.HANDED_OFF
-            case ListedJob.NONE:
-                return None  # no migration: e.g. restored from a save image while paused
             case ListedJob.UNKNOWN:
                 return Role.INCOMING if role is Role.INCOMING else Role.HANDED_OFF
-    if key == ("PAUSED", "STARTING_UP") and job in (ListedJob.INCOMING, ListedJob.UNKNOWN):
-        return Role.INCOMING if job is ListedJob.INCOMING or role is Role.INCOMING else Role.HANDED_OFF
+            case ListedJob.OUTGOING if key == _PAUSED_MIGRATION:
+                return Role.HANDED_OFF
+            case ListedJob.NONE if key == _PAUSED_MIGRATION:
+                return None  # no migration: e.g. restored from a save image while paused
+        # PAUSED/STARTING_UP with no migration job: a local start, as any other active domain below.
     if key == ("RUNNING", "POSTCOPY_FAILED"):
         return Role.HANDED_OFF if role is Role.HANDED_OFF else Role.INCOMING
     if active:
