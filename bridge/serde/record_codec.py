@@ -18,6 +18,8 @@ from bridge.serde.schema_files import SCHEMA_DIR, domain_schema, host_schema
 
 T = TypeVar("T")
 
+_HEADER_LEN = single_object.HEADER_LEN
+_CURRENT = ReadAs.CURRENT  # bound once: an Enum member lookup costs ~120 ns on Python 3.11, paid per message
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 """A domain UUID as keys and records carry it: canonical, lower-case."""
 
@@ -40,6 +42,8 @@ class _TopicCodec:
     """One record type: a serializer for the configured format, a reader of both formats."""
 
     def __init__(self, name: str, schema: dict[str, Any], registry: Any | None, subject: str) -> None:
+        self.header = single_object.MAGIC + single_object.schema_fingerprint(schema)
+        """The single-object header of a message of this schema: what most messages start with."""
         self._soe_read = single_object.SingleObjectDeserializer(schema)
         self._write: _Serializer
         self._cf_read: confluent_wire.ConfluentDeserializer | None = None
@@ -116,8 +120,11 @@ class RecordCodec:
 
     def read_domain(self, data: bytes | None, key: bytes | None = None) -> tuple[DomainRecord, ReadAs]:
         """:meth:`decode_domain` as a pair, for readers that unwrap every message at once."""
-        if data and not self._domain.is_confluent(data):
-            # Single-object encoding, the default: read by the schema's own reader, fastavro's dicts skipped.
+        if data is not None and data[:_HEADER_LEN] == self._domain.header:
+            # Single-object encoding of this schema, the default and the hot path: read by the schema's
+            # own reader, fastavro's dicts skipped, and without the layers that tell the other forms apart.
+            record, read_as = self._domain_reader.read(data, _HEADER_LEN), _CURRENT
+        elif data and not self._domain.is_confluent(data):
             record, read_as = self._domain.read_single_object(data, self._domain_reader.read)
         else:
             value, read_as = self._domain.decode(data)
@@ -127,7 +134,8 @@ class RecordCodec:
                 raise DecodeError(f"not a valid DomainRecord: {exc}") from exc
         if not UUID_RE.match(record.uuid):
             raise DecodeError(f"DomainRecord uuid {record.uuid!r} is not a canonical lower-case UUID")
-        _check_key(key, record.uuid, "DomainRecord uuid", read_as)
+        if key is None or key != record.uuid.encode():  # the usual match needs no call
+            _check_key(key, record.uuid, "DomainRecord uuid", read_as)
         if record.version <= 0:
             raise DecodeError(f"DomainRecord version {record.version} is not positive")
         return record, read_as

@@ -114,7 +114,11 @@ def test_blocks_with_negative_counts_and_byte_sizes_read_as_fastavro_reads_them(
 @pytest.mark.parametrize(("garbage", "reason"), [
     (b"", "end inside"),
     (b"\x03", "negative string length"),
-    (b"\x48" + b"a" * 10, "past the end"),
+    (b"\x48" + b"a" * 10, "end inside"),  # a string that runs past the end
+    # uuid, name, host; version, kind, no events, elided; no state, reason; two booleans; no XML;
+    # observed_at; the agent's three strings; then a resync id of 4 bytes with 2 left: the last field.
+    (b"\x02a\x02b\x02c" + b"\x00" * 4 + b"\x00\x00" + b"\x00\x00" + b"\x00\x00" + b"\x02a\x02b\x02c"
+     + b"\x02\x08ab", "end inside"),
     (b"\x02\xff", "invalid start byte"),
     (b"\x00\x00\x00" + b"\xff" * 11, "more than 10 bytes"),
 ])
@@ -140,3 +144,48 @@ def test_union_and_enum_indexes_in_longer_than_needed_varints_read_as_fastavro_r
     stretched = data[:kind_at] + b"\x82\x00" + data[kind_at + 1:state_at] + b"\x82\x00" + data[state_at + 1:]
     assert fastavro_read(stretched) == record
     assert DomainRecordReader().read(stretched) == record
+
+
+def _stretched_long(n: int) -> bytes:
+    """``n`` as a zig-zag varint one byte longer than needed (a continuation byte, then 0x00), but
+    never over the 10 bytes Apache Avro's Java reader allows a long."""
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        out.append(z & 0x7F | 0x80)
+        z >>= 7
+        if not z:
+            return bytes(out) + b"\x00" if len(out) < 10 else bytes(out[:-1]) + bytes([out[-1] & 0x7F])
+
+
+def _stretched_body(r: DomainRecord) -> bytes:
+    """``r``'s Avro binary with every length, count, index and long one byte longer than needed."""
+    def s(text: str) -> bytes:
+        raw = text.encode()
+        return _stretched_long(len(raw)) + raw
+
+    def opt(text: str | None) -> bytes:
+        return _stretched_long(0) if text is None else _stretched_long(1) + s(text)
+
+    out = s(r.uuid) + s(r.name) + s(r.host) + _stretched_long(r.version)
+    out += _stretched_long(list(RecordKind).index(r.kind))
+    if r.events:
+        out += _stretched_long(len(r.events))
+        for e in r.events:
+            out += s(e.id) + opt(e.type) + opt(e.detail)
+            if e.data:
+                out += _stretched_long(len(e.data)) + b"".join(s(k) + s(v) for k, v in e.data.items())
+            out += _stretched_long(0) + _stretched_long(e.received_at)
+    out += _stretched_long(0) + _stretched_long(r.events_elided) + opt(r.state) + opt(r.reason)
+    out += bytes([r.active, r.persistent]) + opt(r.xml) + _stretched_long(r.observed_at)
+    out += s(r.agent.instance_id) + s(r.agent.software_version) + s(r.agent.libvirt_version) + opt(r.resync_id)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(records)
+def test_every_varint_longer_than_needed_reads_as_fastavro_reads_it(record):
+    # The reader's inline forms take the shortest varints; every other form must read the same.
+    data = _stretched_body(record)
+    assert fastavro_read(data) == record
+    assert DomainRecordReader().read(data) == record
