@@ -43,10 +43,13 @@ def _long(buf: bytes, pos: int) -> tuple[int, int]:
         return (b >> 1) ^ -(b & 1), pos + 1
     x = int.from_bytes(buf[pos:pos + 8], "little")
     if x & _CONTINUED == _EIGHT_BYTES and pos + 8 <= len(buf):
-        # Versions and timestamps (microseconds since 1970) take exactly 8 bytes: gather their 7-bit
-        # groups at once rather than byte by byte.
-        n = (x & 0x7F | x >> 1 & 0x3F80 | x >> 2 & 0x1FC000 | x >> 3 & 0xFE00000 | x >> 4 & 0x7F0000000
-             | x >> 5 & 0x3F800000000 | x >> 6 & 0x1FC0000000000 | x >> 7 & 0xFE000000000000)
+        # Versions and timestamps (microseconds since 1970) take exactly 8 bytes: with the
+        # continuation bits cleared, their 7-bit groups close up pairwise, 7 -> 14 -> 28 -> 56 bits
+        # (ten operations, where one shift per group took twenty-three).
+        x ^= _EIGHT_BYTES
+        x = x & 0x007F007F007F007F | x >> 1 & 0x3F803F803F803F80
+        x = x & 0x00003FFF00003FFF | x >> 2 & 0x0FFFC0000FFFC000
+        n = x & 0xFFFFFFF | x >> 4 & 0xFFFFFFF0000000
         return (n >> 1) ^ -(n & 1), pos + 8
     return _long_bytewise(buf, pos)
 
