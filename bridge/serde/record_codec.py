@@ -42,9 +42,9 @@ class _TopicCodec:
     """One record type: a serializer for the configured format, a reader of both formats."""
 
     def __init__(self, name: str, schema: dict[str, Any], registry: Any | None, subject: str) -> None:
-        self.header = single_object.MAGIC + single_object.schema_fingerprint(schema)
-        """The single-object header of a message of this schema: what most messages start with."""
         self._soe_read = single_object.SingleObjectDeserializer(schema)
+        self.header = self._soe_read.header
+        """The single-object header of a message of this schema: what most messages start with."""
         self._write: _Serializer
         self._cf_read: confluent_wire.ConfluentDeserializer | None = None
         if registry is None:

@@ -65,10 +65,10 @@ class SingleObjectDeserializer:
 
     def __init__(self, reader_schema: dict[str, Any]) -> None:
         self._reader = reader_schema
-        self._known = {
-            schema_fingerprint(reader_schema): ReadAs.CURRENT,
-            legacy_fingerprint(reader_schema): ReadAs.LEGACY_FINGERPRINT,
-        }
+        current = schema_fingerprint(reader_schema)
+        self.header = MAGIC + current
+        """What a message of the reader's own schema starts with (read as :attr:`ReadAs.CURRENT`)."""
+        self._known = {current: ReadAs.CURRENT, legacy_fingerprint(reader_schema): ReadAs.LEGACY_FINGERPRINT}
 
     def read_as(self, data: bytes) -> ReadAs:
         """How ``data``'s Avro body (from :data:`HEADER_LEN` on) reads, by its header's fingerprint."""
